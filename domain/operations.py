@@ -1,0 +1,103 @@
+"""What every operation carries: who asked, why, where it came from, and how it ended."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from domain.model import NcBizStatus, NcIp
+from domain.settings import NcLockSettings
+
+
+class ReasonCategory(StrEnum):
+    """The product's reason categories for a manual report."""
+
+    HARDWARE = "hardware"
+    KERNEL = "kernel"
+    NETWORK = "network"
+    SYSTEM = "system"
+    HANG = "hang"
+    SECURITY = "security"
+    INTERNAL_REBOOT = "internal_reboot"
+
+
+class OperationSource(StrEnum):
+    MANUAL = "manual"
+    ALERT = "alert"
+    SCHEDULE = "schedule"
+
+
+class OpsState(StrEnum):
+    """Where an operation stands; also the ``OpsState`` search attribute."""
+
+    VALIDATING = "Validating"
+    PENDING_APPROVAL = "PendingApproval"
+    RUNNING = "Running"
+    STEP_FAILED = "StepFailed"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    REFUSED = "Refused"
+    REJECTED = "Rejected"
+    ABANDONED = "Abandoned"
+    CANCELLED = "Cancelled"
+    TIMED_OUT = "TimedOut"
+
+    @property
+    def final(self) -> bool:
+        return self not in (OpsState.VALIDATING, OpsState.PENDING_APPROVAL, OpsState.RUNNING, OpsState.STEP_FAILED)
+
+
+class OperationRequest(BaseModel):
+    """The fields every single-host operation's input shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nc_ip: NcIp
+    requester: str = Field(min_length=1, max_length=128)
+    reason_category: ReasonCategory
+    reason: str = Field(default="", max_length=2000)
+    ticket: str | None = Field(default=None, max_length=128)
+    source: OperationSource = OperationSource.MANUAL
+
+
+class NcLockInput(OperationRequest):
+    """Input of ``NcLock`` (0x410A01), as typed in the Temporal UI."""
+
+    settings: NcLockSettings = Field(default_factory=NcLockSettings)
+
+
+class NcLockResult(BaseModel):
+    operation_id: int
+    workflow_id: str
+    nc_ip: str
+    nc_id: str
+    region_id: str
+    cluster_id: str
+    status_before: NcBizStatus
+    status_after: NcBizStatus
+    state: OpsState
+    finished_at: datetime
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, naming the field by its path as the caller typed it."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "input"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def parse_input(model: type[BaseModel], raw: Any) -> BaseModel:
+    """Validates raw JSON-shaped input; raises ``ValueError`` with every problem named."""
+    if isinstance(raw, model):
+        return raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"input must be a JSON object, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise ValueError(describe_validation_error(error)) from None

@@ -1,0 +1,77 @@
+"""Per-opscode settings, under the product's own setting names, with their defaults and ranges.
+
+Each model accepts the product's names (``preLock``, ``NcReOnline``, ``ReOnline.ignoreStatus`` ...) and
+the Python names; unknown names are refused so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from domain.model import VmId
+
+Flag = Literal[0, 1]
+
+
+class OpsSettings(BaseModel):
+    """Settings every opscode shares."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    alert_rule_name: str | None = Field(
+        default=None, alias="alertRuleName", max_length=256, description="the alert rule that triggered it"
+    )
+    pre_lock: Flag = Field(default=0, alias="preLock", description="0 = lock the host first, 1 = do not")
+
+
+class NcLockSettings(OpsSettings):
+    """0x410A01. The lock is the operation itself; ``preLock`` is accepted and recorded."""
+
+
+class NcForcedRebootSettings(OpsSettings):
+    """0x400012."""
+
+    fvt: Flag = Field(default=0, description="0 = production")
+    need_dump_cn: Flag = Field(default=0, alias="needDumpCn", description="dump the controller node's memory first")
+    need_limit: Flag = Field(default=1, alias="needLimit", description="1 = subject to flow control, 0 = bypass")
+
+
+class NcReOnlineSettings(OpsSettings):
+    """0x400011."""
+
+    fvt: Flag = 0
+    nc_re_online_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        alias="NcReOnline",
+        description="seconds to wait after the host's reboot before re-onlining it",
+    )
+    parallel: int = Field(default=4, ge=1, le=64, description="hosts re-onlined at once")
+    ignore_status: bool = Field(
+        default=False, alias="ReOnline.ignoreStatus", description="skip the control plane's status check"
+    )
+
+
+class NcDeepOfflineSettings(OpsSettings):
+    """0x400003 and 0x40003000001001."""
+
+    need_limit: Flag = Field(default=1, alias="needLimit")
+    parallel: int = Field(default=4, ge=1, le=16, description="live migrations at once per host")
+    rate: int = Field(default=80, ge=1, le=10_000, description="live-migration rate, MB/s")
+    downtime: int = Field(default=300, ge=200, le=2000, description="allowed VM pause, ms")
+    no_check_image: bool = False
+    no_check_load: bool = False
+
+
+class VmResidueCleanupSettings(OpsSettings):
+    """0x10001000008002 and 0x3000000000802."""
+
+    vm: VmId | None = Field(default=None, description="only this instance")
+    force_clean_wild_vm: bool = Field(
+        default=False,
+        alias="foreCleanWildVm",
+        description="true: clean a released VM without checking its process; false: check the process first",
+    )
