@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/, one module per real part they start."""
+
+pytest_plugins = [
+    "tests.fixtures.pg",
+    "tests.fixtures.simulator",
+    "tests.fixtures.temporal",
+]
