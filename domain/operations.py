@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from domain import errors
 from domain.model import NcBizStatus, NcIp
 from domain.settings import NcLockSettings
 
@@ -82,8 +83,16 @@ class NcLockResult(BaseModel):
     finished_at: datetime
 
 
+class InputRefused(ValueError):
+    """Input that can never be accepted; ``error_type`` is ``InvalidSettings`` when only settings are wrong."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        self.error_type = error_type
+        super().__init__(message)
+
+
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, naming the field by its path as the caller typed it."""
+    """One clause per problem, naming the field by its path as the caller typed it."""
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "input"
@@ -91,13 +100,18 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def parse_input(model: type[BaseModel], raw: Any) -> BaseModel:
-    """Validates raw JSON-shaped input; raises ``ValueError`` with every problem named."""
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_input(model: type[ModelT], raw: Any) -> ModelT:
+    """Validates JSON-shaped input; raises ``InputRefused`` naming every problem."""
     if isinstance(raw, model):
         return raw
     if not isinstance(raw, dict):
-        raise ValueError(f"input must be a JSON object, got {type(raw).__name__}")
+        raise InputRefused(errors.INVALID_INPUT, f"input must be a JSON object, got {type(raw).__name__}")
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        raise ValueError(describe_validation_error(error)) from None
+        only_settings = all(item["loc"][:1] == ("settings",) for item in error.errors())
+        error_type = errors.INVALID_SETTINGS if only_settings else errors.INVALID_INPUT
+        raise InputRefused(error_type, f"invalid {model.__name__}: {describe_validation_error(error)}") from None

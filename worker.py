@@ -1,0 +1,115 @@
+"""The worker: runs every operation workflow and its activities on the ``ecs-ops`` task queue.
+
+    python worker.py            # configuration from the environment (runtime/config.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.nc import NcActivities
+from activities.operations import OperationActivities
+from houyi.http_client import HttpHouyiClient
+from houyi.port import HouyiPort
+from runtime.config import Settings
+from runtime.logging import configure_logging
+from runtime.temporal import connect, runtime_with_prometheus
+from store.embedded import resolve_database_url
+from store.repository import OperationStore
+from workflows.nc_lock import NcLockWorkflow
+
+log = structlog.get_logger("worker")
+
+WORKFLOWS: Sequence[type] = (NcLockWorkflow,)
+
+
+def activities_for(houyi: HouyiPort, store: OperationStore) -> list[Any]:
+    """Every activity, bound to its injected clients."""
+    nc = NcActivities(houyi)
+    operations = OperationActivities(store)
+    return [
+        nc.describe_nc,
+        nc.lock_nc,
+        operations.record_operation,
+        operations.finish_operation,
+        operations.record_audit,
+    ]
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    *,
+    houyi: HouyiPort,
+    store: OperationStore,
+    max_concurrent_activities: int = 100,
+    max_concurrent_workflow_tasks: int = 100,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activities_for(houyi, store),
+        max_concurrent_activities=max_concurrent_activities,
+        max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    database_url = resolve_database_url(settings)
+    store = await OperationStore.connect(database_url)
+    runtime = (
+        runtime_with_prometheus(f"0.0.0.0:{settings.worker_metrics_port}") if settings.worker_metrics_port else None
+    )
+    client = await connect(settings.temporal_address, settings.temporal_namespace, runtime=runtime)
+    async with HttpHouyiClient(
+        settings.houyi_url, recorder=store, timeout_seconds=settings.houyi_timeout_seconds
+    ) as houyi:
+        worker = build_worker(
+            client,
+            settings.task_queue,
+            houyi=houyi,
+            store=store,
+            max_concurrent_activities=settings.max_concurrent_activities,
+            max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+        )
+        log.info(
+            "worker started",
+            task_queue=settings.task_queue,
+            temporal=settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            houyi=settings.houyi_url,
+            metrics_port=settings.worker_metrics_port,
+        )
+        async with worker:
+            await stop.wait()
+            log.info("worker stopping")
+    await store.close()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()
