@@ -1,6 +1,6 @@
 """The worker: runs every operation workflow and its activities on the ``ecs-ops`` task queue.
 
-    python worker.py            # configuration from the environment (runtime/config.py)
+python worker.py            # configuration from the environment (runtime/config.py)
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     database_url = resolve_database_url(settings)
     store = await OperationStore.connect(database_url)
     runtime = (
-        runtime_with_prometheus(f"0.0.0.0:{settings.worker_metrics_port}") if settings.worker_metrics_port else None
+        runtime_with_prometheus(f"0.0.0.0:{settings.worker_metrics_port}")
+        if settings.worker_metrics_port
+        else None
     )
     client = await connect(settings.temporal_address, settings.temporal_namespace, runtime=runtime)
     async with HttpHouyiClient(

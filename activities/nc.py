@@ -42,7 +42,9 @@ class NcActivities:
         host = request.nc_ip or request.nc_id
         try:
             return await heartbeating(
-                self._houyi.describe_nc(CallContext(caller=request.caller), nc_ip=request.nc_ip, nc_id=request.nc_id)
+                self._houyi.describe_nc(
+                    CallContext(caller=request.caller), nc_ip=request.nc_ip, nc_id=request.nc_id
+                )
             )
         except HouyiNotFound as error:
             raise ApplicationError(
@@ -57,12 +59,19 @@ class NcActivities:
     async def lock_nc(self, request: LockNcInput) -> NcStatusChange:
         """Locks the NC. The token makes a retry after a lost answer (or a killed worker) a replay, not a second lock."""
         ctx = CallContext(caller=request.caller).step(request.step)
-        bound = log.bind(workflow_id=request.caller, nc_ip=request.nc_ip, nc_id=request.nc_id, attempt=activity.info().attempt)
+        bound = log.bind(
+            workflow_id=request.caller,
+            nc_ip=request.nc_ip,
+            nc_id=request.nc_id,
+            attempt=activity.info().attempt,
+        )
         bound.info("locking nc", status=request.status.value)
         try:
             change = await heartbeating(self._houyi.lock_nc(ctx, nc_id=request.nc_id, status=request.status))
         except HouyiError as error:
             bound.warning("lock failed", error_type=error.error_type, error=error.message)
             raise from_houyi(error) from None
-        bound.info("nc locked", status_before=change.status_before.value, status_after=change.status_after.value)
+        bound.info(
+            "nc locked", status_before=change.status_before.value, status_after=change.status_after.value
+        )
         return change

@@ -28,6 +28,7 @@ ACTION_NOT_APPLIED: Final = "ActionNotApplied"
 
 # Store.
 STORE_UNAVAILABLE: Final = "StoreUnavailable"
+STORE_CONFLICT: Final = "StoreConflict"
 
 NON_RETRYABLE_REFUSALS: Final = frozenset(
     {

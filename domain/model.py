@@ -30,7 +30,9 @@ def _valid_nc_id(value: str) -> str:
 
 def _valid_vm_id(value: str) -> str:
     if not _VM_ID.match(value):
-        raise ValueError(f"{value!r} is not an instance id (expected i- followed by 6-32 lowercase letters or digits)")
+        raise ValueError(
+            f"{value!r} is not an instance id (expected i- followed by 6-32 lowercase letters or digits)"
+        )
     return value
 
 

@@ -48,7 +48,12 @@ class OpsState(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self not in (OpsState.VALIDATING, OpsState.PENDING_APPROVAL, OpsState.RUNNING, OpsState.STEP_FAILED)
+        return self not in (
+            OpsState.VALIDATING,
+            OpsState.PENDING_APPROVAL,
+            OpsState.RUNNING,
+            OpsState.STEP_FAILED,
+        )
 
 
 class OperationRequest(BaseModel):
@@ -114,4 +119,6 @@ def parse_input(model: type[ModelT], raw: Any) -> ModelT:
     except ValidationError as error:
         only_settings = all(item["loc"][:1] == ("settings",) for item in error.errors())
         error_type = errors.INVALID_SETTINGS if only_settings else errors.INVALID_INPUT
-        raise InputRefused(error_type, f"invalid {model.__name__}: {describe_validation_error(error)}") from None
+        raise InputRefused(
+            error_type, f"invalid {model.__name__}: {describe_validation_error(error)}"
+        ) from None

@@ -155,7 +155,12 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "Moves the VMs of a down host elsewhere.",
             takes_host_out_of_service=True,
         ),
-        _spec(OpsCode.START_VM_AFTER_CRASH, "StartVmAfterCrash", "start a VM after a crash", "Starts a crashed VM."),
+        _spec(
+            OpsCode.START_VM_AFTER_CRASH,
+            "StartVmAfterCrash",
+            "start a VM after a crash",
+            "Starts a crashed VM.",
+        ),
         _spec(
             OpsCode.CLEAN_MOC_AFTER_CN_CRASH,
             "CleanMocAfterCnCrash",
@@ -178,7 +183,12 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "local-disk isolation and repair",
             "Isolates a failed local disk and repairs it.",
         ),
-        _spec(OpsCode.QEMU_HOT_UPGRADE, "QemuHotUpgrade", "qemu hot upgrade", "Upgrades qemu without stopping VMs."),
+        _spec(
+            OpsCode.QEMU_HOT_UPGRADE,
+            "QemuHotUpgrade",
+            "qemu hot upgrade",
+            "Upgrades qemu without stopping VMs.",
+        ),
         _spec(
             OpsCode.NC_OFFLINE_REPAIR,
             "NcOfflineRepair",

@@ -34,8 +34,12 @@ class NcForcedRebootSettings(OpsSettings):
     """0x400012."""
 
     fvt: Flag = Field(default=0, description="0 = production")
-    need_dump_cn: Flag = Field(default=0, alias="needDumpCn", description="dump the controller node's memory first")
-    need_limit: Flag = Field(default=1, alias="needLimit", description="1 = subject to flow control, 0 = bypass")
+    need_dump_cn: Flag = Field(
+        default=0, alias="needDumpCn", description="dump the controller node's memory first"
+    )
+    need_limit: Flag = Field(
+        default=1, alias="needLimit", description="1 = subject to flow control, 0 = bypass"
+    )
 
 
 class NcReOnlineSettings(OpsSettings):

@@ -41,7 +41,9 @@ class TransitionRefused(ValueError):
         self.current = current
         self.allowed = allowed
         allowed_text = ", ".join(sorted(s.value for s in allowed))
-        super().__init__(f"cannot {action.value} an NC in status {current.value} (allowed from: {allowed_text})")
+        super().__init__(
+            f"cannot {action.value} an NC in status {current.value} (allowed from: {allowed_text})"
+        )
 
 
 def allowed_from(action: NcAction) -> frozenset[NcBizStatus]:

@@ -18,7 +18,9 @@ HOUYI_READ: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "schedule_to_close_timeout": timedelta(minutes=10),
     "heartbeat_timeout": timedelta(seconds=10),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
 }
 
 # Mutations carry an idempotency token, so a retry replays rather than acts again. The short heartbeat
@@ -27,14 +29,18 @@ HOUYI_WRITE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=2),
     "schedule_to_close_timeout": timedelta(minutes=30),
     "heartbeat_timeout": timedelta(seconds=5),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60)),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60)
+    ),
 }
 
 # The store may be briefly down (a failover): keep retrying for a while, writes are idempotent.
 STORE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "schedule_to_close_timeout": timedelta(hours=1),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
 }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any, NoReturn
 
 from temporalio import workflow
@@ -11,12 +10,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.nc import DescribeNcInput, LockNcInput, NcActivities
-    from activities.operations import AuditInput, OperationActivities, OperationFinished, OperationStarted
+    from activities.operations import OperationActivities, OperationFinished
     from domain import errors, transitions
     from domain.model import NcBizStatus, NcDetail
     from domain.operations import InputRefused, NcLockInput, NcLockResult, OpsState, parse_input
     from domain.opscodes import CATALOG, OpsCode
     from runtime import search_attributes as sa
+    from store.repository import AuditEntry, AuditResult, NewOperation
     from workflows.common import HOUYI_READ, HOUYI_WRITE, STORE, OperationStatus, cause_type
 
 OPSCODE = OpsCode.NC_LOCK
@@ -54,7 +54,9 @@ class NcLockWorkflow:
         nc = detail.nc
         self._status.nc_id = nc.nc_id
         self._status.status_before = nc.biz_status
-        workflow.upsert_search_attributes([sa.REGION.value_set(nc.region_id), sa.CLUSTER.value_set(nc.cluster_id)])
+        workflow.upsert_search_attributes(
+            [sa.REGION.value_set(nc.region_id), sa.CLUSTER.value_set(nc.cluster_id)]
+        )
         if not transitions.can_apply(transitions.NcAction.LOCK, nc.biz_status):
             allowed = ", ".join(sorted(s.value for s in transitions.allowed_from(transitions.NcAction.LOCK)))
             await self._refuse(
@@ -65,12 +67,12 @@ class NcLockWorkflow:
 
         started = await workflow.execute_activity_method(
             OperationActivities.record_operation,
-            OperationStarted(
+            NewOperation(
                 workflow_id=workflow_id,
                 run_id=workflow.info().run_id,
                 opscode=OPSCODE,
                 workflow_type=SPEC.workflow_type,
-                nc_ips=[nc.nc_ip],
+                hosts=[nc.nc_ip],
                 nc_ids=[nc.nc_id],
                 region_id=nc.region_id,
                 cluster_id=nc.cluster_id,
@@ -80,6 +82,7 @@ class NcLockWorkflow:
                 reason=request.reason,
                 ticket=request.ticket,
                 settings=request.settings.model_dump(by_alias=True),
+                state=OpsState.RUNNING,
             ),
             **STORE,
         )
@@ -126,10 +129,12 @@ class NcLockWorkflow:
             state=OpsState.SUCCEEDED,
             finished_at=workflow.now(),
         )
-        await self._audit(request, action="lock_nc", result="ok", params={"nc_id": nc.nc_id})
+        await self._audit(request, action="lock_nc", result=AuditResult.OK, params={"nc_id": nc.nc_id})
         await workflow.execute_activity_method(
             OperationActivities.finish_operation,
-            OperationFinished(workflow_id=workflow_id, state=OpsState.SUCCEEDED, result=result.model_dump(mode="json")),
+            OperationFinished(
+                workflow_id=workflow_id, state=OpsState.SUCCEEDED, result=result.model_dump(mode="json")
+            ),
             **STORE,
         )
         self._set_state(OpsState.SUCCEEDED)
@@ -157,7 +162,14 @@ class NcLockWorkflow:
     ) -> NoReturn:
         """Records the refusal in the audit and fails the workflow; nothing else has been touched."""
         self._status.error = message
-        await self._audit(request, action="refuse", result="refused", error_type=error_type, error_message=message, params=params)
+        await self._audit(
+            request,
+            action="refuse",
+            result=AuditResult.REFUSED,
+            error_type=error_type,
+            error_message=message,
+            params=params,
+        )
         self._set_state(OpsState.REFUSED)
         raise ApplicationError(message, type=error_type, non_retryable=True)
 
@@ -166,10 +178,15 @@ class NcLockWorkflow:
         message = str(failure.cause) if isinstance(failure, ActivityError) and failure.cause else str(failure)
         self._status.error = message
         workflow_id = workflow.info().workflow_id
-        await self._audit(request, action="lock_nc", result=state.value.lower(), error_type=error_type, error_message=message)
+        action = "cancel" if state is OpsState.CANCELLED else "lock_nc"
+        await self._audit(
+            request, action=action, result=AuditResult.FAILED, error_type=error_type, error_message=message
+        )
         await workflow.execute_activity_method(
             OperationActivities.finish_operation,
-            OperationFinished(workflow_id=workflow_id, state=state, error_type=error_type, error_message=message),
+            OperationFinished(
+                workflow_id=workflow_id, state=state, error_type=error_type, error_message=message
+            ),
             **STORE,
         )
         self._set_state(state)
@@ -179,7 +196,7 @@ class NcLockWorkflow:
         request: NcLockInput | None,
         *,
         action: str,
-        result: str,
+        result: AuditResult,
         error_type: str | None = None,
         error_message: str | None = None,
         params: dict[str, Any] | None = None,
@@ -187,8 +204,8 @@ class NcLockWorkflow:
         workflow_id = workflow.info().workflow_id
         await workflow.execute_activity_method(
             OperationActivities.record_audit,
-            AuditInput(
-                dedupe_key=f"{workflow_id}/{action}/{result}",
+            AuditEntry(
+                dedupe_key=f"{workflow_id}/{action}/{result.value}",
                 workflow_id=workflow_id,
                 opscode=OPSCODE,
                 nc_ip=self._status.nc_ip,
