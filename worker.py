@@ -13,12 +13,14 @@ from typing import Any
 
 import structlog
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.nc import NcActivities
 from activities.operations import OperationActivities
 from houyi.http_client import HttpHouyiClient
 from houyi.port import HouyiPort
+from runtime import search_attributes
 from runtime.config import Settings
 from runtime.logging import configure_logging
 from runtime.temporal import connect, runtime_with_prometheus
@@ -73,6 +75,13 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         else None
     )
     client = await connect(settings.temporal_address, settings.temporal_namespace, runtime=runtime)
+    try:
+        added = await search_attributes.ensure_registered(client, settings.temporal_namespace)
+        if added:
+            log.info("search attributes registered", added=added)
+    except RPCError as error:
+        # A namespace we may not administer (e.g. a hosted one): its operators register them.
+        log.warning("cannot check search attributes", error=str(error))
     async with HttpHouyiClient(
         settings.houyi_url, recorder=store, timeout_seconds=settings.houyi_timeout_seconds
     ) as houyi:

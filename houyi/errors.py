@@ -22,7 +22,10 @@ class HouyiError(Exception):
         self.code = code
         self.message = message
         self.request_id = request_id
-        super().__init__(f"houyi {action} failed: code {code}: {message}" + (f" (request {request_id})" if request_id else ""))
+        super().__init__(
+            f"houyi {action} failed: code {code}: {message}"
+            + (f" (request {request_id})" if request_id else "")
+        )
 
 
 class HouyiInvalidParameter(HouyiError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -105,7 +104,7 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
                     envelope = wire.decode_envelope(raw)
         except wire.ProtocolError as error:
             failure = HouyiProtocolError(action.value, 0, str(error))
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             failure = HouyiUnavailable(action.value, 0, f"no answer within {self._timeout.total:g} s")
         except aiohttp.ClientError as error:
             failure = HouyiUnavailable(action.value, 0, f"transport error: {error}")
@@ -143,13 +142,20 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
             await self._recorder.record_houyi_call(call)
 
     async def _call_model(
-        self, ctx: CallContext, action: wire.Action, params: Mapping[str, Any], model: type[ModelT], key: str | None = None
+        self,
+        ctx: CallContext,
+        action: wire.Action,
+        params: Mapping[str, Any],
+        model: type[ModelT],
+        key: str | None = None,
     ) -> ModelT:
         data = await self.call(ctx, action, params)
         try:
             return model.model_validate(data[key] if key else data)
         except (ValidationError, KeyError, TypeError) as error:
-            raise HouyiProtocolError(action.value, 200, f"unexpected data for {model.__name__}: {error}") from None
+            raise HouyiProtocolError(
+                action.value, 200, f"unexpected data for {model.__name__}: {error}"
+            ) from None
 
     async def _call_list(
         self, ctx: CallContext, action: wire.Action, params: Mapping[str, Any], model: type[ModelT], key: str
@@ -158,14 +164,20 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         try:
             return [model.model_validate(item) for item in data[key]]
         except (ValidationError, KeyError, TypeError) as error:
-            raise HouyiProtocolError(action.value, 200, f"unexpected data for list of {model.__name__}: {error}") from None
+            raise HouyiProtocolError(
+                action.value, 200, f"unexpected data for list of {model.__name__}: {error}"
+            ) from None
 
     # ---- reads ------------------------------------------------------------------------------------
 
-    async def describe_nc(self, ctx: CallContext, *, nc_ip: str | None = None, nc_id: str | None = None) -> NcDetail:
+    async def describe_nc(
+        self, ctx: CallContext, *, nc_ip: str | None = None, nc_id: str | None = None
+    ) -> NcDetail:
         if not (nc_ip or nc_id):
             raise ValueError("describe_nc needs nc_ip or nc_id")
-        return await self._call_model(ctx, wire.Action.DESCRIBE_NC, {"nc_ip": nc_ip, "nc_id": nc_id}, NcDetail)
+        return await self._call_model(
+            ctx, wire.Action.DESCRIBE_NC, {"nc_ip": nc_ip, "nc_id": nc_id}, NcDetail
+        )
 
     async def list_ncs(
         self, ctx: CallContext, *, region_id: str | None = None, cluster_id: str | None = None
@@ -186,7 +198,9 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         )
 
     async def list_vm_processes(self, ctx: CallContext, *, nc_id: str) -> list[VmProcess]:
-        return await self._call_list(ctx, wire.Action.LIST_VM_PROCESSES, {"nc_id": nc_id}, VmProcess, "processes")
+        return await self._call_list(
+            ctx, wire.Action.LIST_VM_PROCESSES, {"nc_id": nc_id}, VmProcess, "processes"
+        )
 
     async def describe_disk(self, ctx: CallContext, *, disk_id: str) -> Disk:
         return await self._call_model(ctx, wire.Action.DESCRIBE_DISK, {"disk_id": disk_id}, Disk, "disk")
@@ -201,7 +215,9 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
     async def lock_nc(
         self, ctx: CallContext, *, nc_id: str, status: NcBizStatus = NcBizStatus.MLOCK
     ) -> NcStatusChange:
-        return await self._call_model(ctx, wire.Action.LOCK_NC, {"nc_id": nc_id, "status": status}, NcStatusChange)
+        return await self._call_model(
+            ctx, wire.Action.LOCK_NC, {"nc_id": nc_id, "status": status}, NcStatusChange
+        )
 
     async def unlock_nc(self, ctx: CallContext, *, nc_id: str) -> NcStatusChange:
         return await self._call_model(ctx, wire.Action.UNLOCK_NC, {"nc_id": nc_id}, NcStatusChange)
@@ -303,7 +319,9 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         )
 
     async def release_ri_capacity(self, ctx: CallContext, *, reservation_id: str) -> Ack:
-        return await self._call_model(ctx, wire.Action.RELEASE_RI_CAPACITY, {"reservation_id": reservation_id}, Ack)
+        return await self._call_model(
+            ctx, wire.Action.RELEASE_RI_CAPACITY, {"reservation_id": reservation_id}, Ack
+        )
 
     async def publish_event(self, ctx: CallContext, *, nc_id: str, event: str, detail: str = "") -> Ack:
         return await self._call_model(
@@ -316,10 +334,14 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
     # ---- residues, disks --------------------------------------------------------------------------
 
     async def destroy_vm_process(self, ctx: CallContext, *, nc_id: str, vm_id: str) -> Ack:
-        return await self._call_model(ctx, wire.Action.DESTROY_VM_PROCESS, {"nc_id": nc_id, "vm_name": vm_id}, Ack)
+        return await self._call_model(
+            ctx, wire.Action.DESTROY_VM_PROCESS, {"nc_id": nc_id, "vm_name": vm_id}, Ack
+        )
 
     async def create_disk_snapshot(self, ctx: CallContext, *, disk_id: str) -> DiskSnapshot:
-        return await self._call_model(ctx, wire.Action.CREATE_DISK_SNAPSHOT, {"disk_id": disk_id}, DiskSnapshot)
+        return await self._call_model(
+            ctx, wire.Action.CREATE_DISK_SNAPSHOT, {"disk_id": disk_id}, DiskSnapshot
+        )
 
     async def start_disk_live_migration(
         self, ctx: CallContext, *, disk_id: str, dst_storage_cluster: str
@@ -341,7 +363,13 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         )
 
     async def query_migration_log(
-        self, ctx: CallContext, *, task_id: str, status: int = 2, src_recycled: int = 0, finished_before: datetime
+        self,
+        ctx: CallContext,
+        *,
+        task_id: str,
+        status: int = 2,
+        src_recycled: int = 0,
+        finished_before: datetime,
     ) -> list[MigrationLogEntry]:
         params = {
             "task_id": task_id,
@@ -349,7 +377,9 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
             "src_recycled": src_recycled,
             "finished_before": finished_before.isoformat(),
         }
-        return await self._call_list(ctx, wire.Action.QUERY_MIGRATION_LOG, params, MigrationLogEntry, "entries")
+        return await self._call_list(
+            ctx, wire.Action.QUERY_MIGRATION_LOG, params, MigrationLogEntry, "entries"
+        )
 
     async def bsutil_rlm_not_loaded_count(self, ctx: CallContext, *, dir: str) -> int:
         data = await self.call(ctx, wire.Action.BSUTIL_RLM, {"dir": dir})

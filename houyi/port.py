@@ -170,7 +170,9 @@ class HouyiPort(abc.ABC):
 
     # reads
     @abc.abstractmethod
-    async def describe_nc(self, ctx: CallContext, *, nc_ip: str | None = None, nc_id: str | None = None) -> NcDetail:
+    async def describe_nc(
+        self, ctx: CallContext, *, nc_ip: str | None = None, nc_id: str | None = None
+    ) -> NcDetail:
         """An NC, by IP or id, with the VMs the control plane places on it."""
 
     @abc.abstractmethod
@@ -194,11 +196,15 @@ class HouyiPort(abc.ABC):
     async def describe_disk(self, ctx: CallContext, *, disk_id: str) -> Disk: ...
 
     @abc.abstractmethod
-    async def get_disk_migration_progress(self, ctx: CallContext, *, task_id: str) -> DiskMigrationProgress: ...
+    async def get_disk_migration_progress(
+        self, ctx: CallContext, *, task_id: str
+    ) -> DiskMigrationProgress: ...
 
     # host status and power
     @abc.abstractmethod
-    async def lock_nc(self, ctx: CallContext, *, nc_id: str, status: NcBizStatus = NcBizStatus.MLOCK) -> NcStatusChange:
+    async def lock_nc(
+        self, ctx: CallContext, *, nc_id: str, status: NcBizStatus = NcBizStatus.MLOCK
+    ) -> NcStatusChange:
         """``free -> mlock`` (or ``rlock``)."""
 
     @abc.abstractmethod
@@ -294,11 +300,19 @@ class StorageToolsPort(abc.ABC):
     """River / Pangu admin tools used by disk recycle (``bsutil``, ``river_admin``, the migration logs)."""
 
     @abc.abstractmethod
-    async def query_device_migrate_log(self, ctx: CallContext, *, status: str = "complete") -> list[DeviceMigrateLogEntry]: ...
+    async def query_device_migrate_log(
+        self, ctx: CallContext, *, status: str = "complete"
+    ) -> list[DeviceMigrateLogEntry]: ...
 
     @abc.abstractmethod
     async def query_migration_log(
-        self, ctx: CallContext, *, task_id: str, status: int = 2, src_recycled: int = 0, finished_before: datetime
+        self,
+        ctx: CallContext,
+        *,
+        task_id: str,
+        status: int = 2,
+        src_recycled: int = 0,
+        finished_before: datetime,
     ) -> list[MigrationLogEntry]: ...
 
     @abc.abstractmethod
@@ -327,4 +341,3 @@ class HouyiCallRecord(BaseModel):
 
 class CallRecorder(Protocol):
     async def record_houyi_call(self, call: HouyiCallRecord) -> None: ...
-

@@ -5,15 +5,50 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+from temporalio import activity
 
-_SHARED = [
+from domain.opscodes import CATALOG
+
+_OPSCODE_BY_WORKFLOW_TYPE = {spec.workflow_type: spec.code.value for spec in CATALOG.values()}
+
+
+def add_temporal_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Binds workflow id, run id and opscode to every line logged in a workflow or an activity.
+
+    ``workflow.logger`` and ``activity.logger`` pass them as a ``temporal_workflow`` / ``temporal_activity``
+    extra; a structlog call inside an activity gets them from the activity's context.
+    """
+    context = event.pop("temporal_workflow", None) or event.pop("temporal_activity", None)
+    if context is None and activity.in_activity():
+        info = activity.info()
+        context = {
+            "workflow_id": info.workflow_id,
+            "run_id": info.workflow_run_id,
+            "workflow_type": info.workflow_type,
+            "activity_type": info.activity_type,
+            "attempt": info.attempt,
+        }
+    if context:
+        for key in ("workflow_id", "run_id", "workflow_type", "activity_type", "attempt"):
+            if key in context:
+                event.setdefault(key, context[key])
+        opscode = _OPSCODE_BY_WORKFLOW_TYPE.get(str(context.get("workflow_type")))
+        if opscode:
+            event.setdefault("opscode", opscode)
+    return event
+
+
+_SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+_AFTER_EXTRAS: list[structlog.types.Processor] = [add_temporal_context]
 
 
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
@@ -21,13 +56,13 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_SHARED, *_AFTER_EXTRAS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(), *_AFTER_EXTRAS],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,

@@ -240,7 +240,9 @@ def test_every_reason_a_vm_cannot_be_live_migrated_is_named() -> None:
 
 
 def test_a_pre_v33_vm_that_was_restarted_can_move() -> None:
-    assert live_migration_blockers(make_vm(created_before_v33=True, restarted_since_v33=True), make_nc()) == []
+    assert (
+        live_migration_blockers(make_vm(created_before_v33=True, restarted_since_v33=True), make_nc()) == []
+    )
 
 
 # ---- operation input ----------------------------------------------------------------------------------

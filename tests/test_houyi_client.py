@@ -84,7 +84,9 @@ async def test_a_bad_parameter_is_invalid(houyi: HttpHouyiClient, simulator: Any
     assert "downtime" in caught.value.message
 
 
-async def test_distribute_lock_fail_is_throttled_and_retryable(houyi: HttpHouyiClient, admin: SimulatorAdmin) -> None:
+async def test_distribute_lock_fail_is_throttled_and_retryable(
+    houyi: HttpHouyiClient, admin: SimulatorAdmin
+) -> None:
     nc = await admin.first_nc("free")
     await admin.inject(action="lock_nc", code=429, message="distribute lock fail", count=1)
     with pytest.raises(HouyiThrottled) as caught:
@@ -150,7 +152,9 @@ async def test_a_mutation_without_a_token_is_refused_before_sending(
     assert (await admin.nc(nc["nc_ip"]))["biz_status"] == "free"
 
 
-async def test_a_repeated_token_is_answered_not_executed(houyi: HttpHouyiClient, admin: SimulatorAdmin) -> None:
+async def test_a_repeated_token_is_answered_not_executed(
+    houyi: HttpHouyiClient, admin: SimulatorAdmin
+) -> None:
     nc = await admin.first_nc("free")
     ctx = CallContext(caller="wf-idem").step("LockNc")
     first = await houyi.lock_nc(ctx, nc_id=nc["nc_id"])

@@ -59,10 +59,14 @@ async def run_lock(env: WorkflowEnvironment, worker: Worker, raw: dict[str, Any]
     return workflow_id, result
 
 
-async def refusal_of(env: WorkflowEnvironment, worker: Worker, raw: dict[str, Any]) -> tuple[str, ApplicationError]:
+async def refusal_of(
+    env: WorkflowEnvironment, worker: Worker, raw: dict[str, Any]
+) -> tuple[str, ApplicationError]:
     workflow_id = f"0x410A01-{uuid.uuid4()}"
     with pytest.raises(WorkflowFailureError) as caught:
-        await env.client.execute_workflow(NcLockWorkflow.run, raw, id=workflow_id, task_queue=worker.task_queue)
+        await env.client.execute_workflow(
+            NcLockWorkflow.run, raw, id=workflow_id, task_queue=worker.task_queue
+        )
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.non_retryable
@@ -84,14 +88,22 @@ async def test_a_free_host_is_locked_recorded_and_audited(
     assert operation is not None and operation.id == result.operation_id
     assert operation.state is OpsState.SUCCEEDED and operation.finished_at is not None
     assert operation.hosts == [nc["nc_ip"]] and operation.nc_ids == [nc["nc_id"]]
-    assert (operation.requester, operation.ticket, operation.region_id) == ("alice", "CHG-1001", nc["region_id"])
+    assert (operation.requester, operation.ticket, operation.region_id) == (
+        "alice",
+        "CHG-1001",
+        nc["region_id"],
+    )
     assert operation.settings["alertRuleName"] == "hardware_exception_alarm"
     assert operation.result is not None and operation.result["status_after"] == "mlock"
 
     audit = await store.list_audit(workflow_id=workflow_id)
     assert [(a.action, a.result.value, a.operator) for a in audit] == [("lock_nc", "ok", "alice")]
     calls = await store.list_houyi_calls(caller=workflow_id)
-    assert [(c.action, c.code) for c in calls] == [("describe_nc", 200), ("lock_nc", 200), ("describe_nc", 200)]
+    assert [(c.action, c.code) for c in calls] == [
+        ("describe_nc", 200),
+        ("lock_nc", 200),
+        ("describe_nc", 200),
+    ]
     assert calls[1].token == f"{workflow_id}/LockNc"
 
 

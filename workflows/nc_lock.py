@@ -117,6 +117,9 @@ class NcLockWorkflow:
                 non_retryable=True,
             )
         self._status.status_after = after.nc.biz_status
+        workflow.logger.info(
+            "nc locked", extra={"nc_ip": nc.nc_ip, "nc_id": nc.nc_id, "opscode": OPSCODE.value}
+        )
         result = NcLockResult(
             operation_id=operation_id,
             workflow_id=workflow_id,
