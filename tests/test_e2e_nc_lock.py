@@ -228,5 +228,5 @@ async def test_the_worker_stops_cleanly_on_sigterm(stack: Stack) -> None:
         for line in (stack.log_dir / "worker.log").read_text().splitlines()
         if line.startswith("{")
     ]
-    assert events[-2:] == ["worker stopping", "worker stopped"]
+    assert "worker stopping" in events and events[-1] == "worker stopped"
     stack.worker = None

@@ -26,8 +26,8 @@ LOCK_STEP = "LockNc"
 
 @workflow.defn(name=SPEC.workflow_type)
 class NcLockWorkflow:
-    """Input is taken as raw JSON and validated here, so that bad input ends as an audited refusal
-    instead of a workflow task that fails to decode and retries forever."""
+    """Input (``NcLockInput``) is taken as raw JSON and validated here, so that bad input ends as an
+    audited refusal instead of a workflow task that fails to decode and retries forever."""
 
     def __init__(self) -> None:
         self._status = OperationStatus(opscode=OPSCODE, state=OpsState.VALIDATING)
@@ -37,7 +37,7 @@ class NcLockWorkflow:
         return self._status
 
     @workflow.run
-    async def run(self, raw_input: dict[str, Any]) -> NcLockResult:
+    async def run(self, raw_input: Any) -> NcLockResult:
         workflow_id = workflow.info().workflow_id
         if isinstance(raw_input, dict) and isinstance(raw_input.get("nc_ip"), str):
             self._status.nc_ip = raw_input["nc_ip"].strip()

@@ -1,0 +1,419 @@
+"""The whole service on this machine, on embedded defaults: ``python -m deploy.devstack`` (``make run``).
+
+Starts, in order: the Temporal dev server (SQLite under the data dir, so workflows survive a restart),
+PostgreSQL (embedded, unless ``DATABASE_URL`` is set), the Houyi simulator with its demo fleet, and the
+worker. Prints where everything is and a command that locks a free NC of the demo fleet. Ctrl-C or
+SIGTERM stops what it started, in reverse order; if a child dies, it says which and stops the rest.
+
+Every component logs to ``<data dir>/logs/<name>.log``; this program prints only short lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from deploy import processes
+from deploy.processes import ManagedProcess, ProcessNotReady
+from runtime.config import DEFAULT_TASK_QUEUE
+from runtime.logging import configure_logging
+from store.embedded import start_embedded_postgres, stop_embedded_postgres
+
+READY_LINE = "ecs-opsflow dev stack is ready"
+"""Printed once everything answers; tests wait for it."""
+
+NC_LOCK_EXAMPLE_INPUT: dict[str, Any] = {
+    "requester": "alice",
+    "reason_category": "hardware",
+    "reason": "CPU MCE on socket 1",
+    "ticket": "CHG-1001",
+    "settings": {"alertRuleName": "hardware_exception_alarm", "preLock": 0},
+}
+
+TEMPORAL_READY_SECONDS = 60.0
+SIMULATOR_READY_SECONDS = 30.0
+WORKER_READY_SECONDS = 60.0
+# The worker drains in-flight tasks for up to 10 s (graceful_shutdown_timeout in worker.py).
+WORKER_STOP_SECONDS = 15.0
+STOP_SECONDS = 10.0
+WATCH_INTERVAL_SECONDS = 0.5
+
+
+class DevStackError(Exception):
+    """A problem the operator can fix (a busy port, a bad setting); printed without a traceback."""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def _env_port(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise DevStackError(f"{name}={raw!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise DevStackError(f"{name}={port} is not a port number (0-65535)")
+    return port
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DevStackError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise DevStackError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Port:
+    what: str
+    number: int
+    env_var: str
+
+
+@dataclass(frozen=True)
+class DevStackConfig:
+    data_dir: Path
+    temporal_port: int
+    temporal_ui_port: int
+    simulator_port: int
+    simulator_speed: float
+    worker_metrics_port: int
+    database_url: str | None
+    task_queue: str
+    namespace: str = "default"
+
+    @classmethod
+    def from_env(cls) -> DevStackConfig:
+        return cls(
+            data_dir=Path(_env("OPSFLOW_DATA_DIR", "var")).resolve(),
+            temporal_port=_env_port("TEMPORAL_PORT", 7233),
+            temporal_ui_port=_env_port("TEMPORAL_UI_PORT", 8233),
+            simulator_port=_env_port("HOUYI_SIM_PORT", 8090),
+            simulator_speed=_env_float("HOUYI_SIM_SPEED", 50),
+            worker_metrics_port=_env_port("WORKER_METRICS_PORT", 9464),
+            database_url=os.environ.get("DATABASE_URL", "").strip() or None,
+            task_queue=_env("OPSFLOW_TASK_QUEUE", DEFAULT_TASK_QUEUE),
+        )
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def simulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.simulator_port}"
+
+    def ports(self) -> list[Port]:
+        """The ports this stack listens on. (Intake, port 8080, joins with the next issue.)"""
+        ports = [
+            Port("Temporal gRPC", self.temporal_port, "TEMPORAL_PORT"),
+            Port("Temporal UI", self.temporal_ui_port, "TEMPORAL_UI_PORT"),
+            Port("Houyi simulator", self.simulator_port, "HOUYI_SIM_PORT"),
+        ]
+        if self.worker_metrics_port:  # 0 turns the worker's metrics off
+            ports.append(Port("worker metrics", self.worker_metrics_port, "WORKER_METRICS_PORT"))
+        return ports
+
+
+def check_ports(config: DevStackConfig) -> None:
+    """Fails before anything starts, naming the port and the variable that moves it."""
+    seen: dict[int, Port] = {}
+    for port in config.ports():
+        if port.number == 0:
+            raise DevStackError(f"{port.env_var}=0: the {port.what} needs a real port")
+        if port.number in seen:
+            other = seen[port.number]
+            raise DevStackError(
+                f"port {port.number} is given to both the {other.what} ({other.env_var}) "
+                f"and the {port.what} ({port.env_var}); change one of them"
+            )
+        seen[port.number] = port
+        if not processes.port_is_free(port.number):
+            raise DevStackError(
+                f"port {port.number} ({port.what}) is already in use; stop what uses it, "
+                f"or set {port.env_var} to another port"
+            )
+
+
+def _shown(path: Path) -> str:
+    """A path as short as it can be while still working from the current directory."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def complain(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class DevStack:
+    """What this run started, and how to stop each, newest last."""
+
+    def __init__(self, config: DevStackConfig) -> None:
+        self.config = config
+        self.processes: list[ManagedProcess] = []
+        self.database_url = ""
+        self._stops: list[tuple[str, Callable[[], None]]] = []
+        self._postgres_starter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="postgres")
+
+    async def start(self) -> None:
+        config = self.config
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        say(f"ecs-opsflow dev stack: data in {_shown(config.data_dir)}, logs in {_shown(config.log_dir)}")
+
+        temporal = processes.temporal_dev_server(
+            config.data_dir,
+            config.temporal_port,
+            config.temporal_ui_port,
+            config.namespace,
+            log_dir=config.log_dir,
+        )
+        await self._start_process(temporal, TEMPORAL_READY_SECONDS)
+
+        await self._start_postgres()
+
+        simulator = processes.houyi_simulator(
+            config.simulator_port, config.simulator_speed, log_dir=config.log_dir
+        )
+        await self._start_process(simulator, SIMULATOR_READY_SECONDS)
+
+        worker = processes.worker(
+            processes.worker_env(
+                temporal_address=config.temporal_address,
+                database_url=self.database_url,
+                houyi_url=config.simulator_url,
+                metrics_port=config.worker_metrics_port,
+                task_queue=config.task_queue,
+                namespace=config.namespace,
+            ),
+            log_dir=config.log_dir,
+        )
+        await self._start_process(worker, WORKER_READY_SECONDS)
+
+        # Intake (starter/, the HTTP front door on port 8080) starts here once it exists (next issue).
+
+        await self._print_summary()
+
+    async def _start_process(self, process: ManagedProcess, ready_seconds: float) -> None:
+        began = time.monotonic()
+        process.start()
+        self.processes.append(process)
+        stop_seconds = WORKER_STOP_SECONDS if process.name == "worker" else STOP_SECONDS
+        self._stops.append((process.name, lambda: self._stop_process(process, stop_seconds)))
+        await process.wait_ready(timeout=ready_seconds)
+        elapsed = time.monotonic() - began
+        say(
+            f"  {process.name:<10} ready in {elapsed:.1f} s (pid {process.pid}, log {_shown(process.log_path)})"
+        )
+
+    @staticmethod
+    def _stop_process(process: ManagedProcess, timeout: float) -> None:
+        was_running = process.running
+        code = process.terminate(timeout)
+        say(f"  {process.name:<10} {'stopped' if was_running else 'had exited'} (exit code {code})")
+
+    async def _start_postgres(self) -> None:
+        if self.config.database_url:
+            self.database_url = self.config.database_url
+            say(f"  {'postgres':<10} DATABASE_URL is set: using it")
+            return
+        data_dir = self.config.data_dir
+        if _embedded_postgres_running(data_dir):
+            # Someone else's (an earlier run that was killed, or the tests'): use it, leave it running.
+            self.database_url = await asyncio.to_thread(start_embedded_postgres, data_dir)
+            say(f"  {'postgres':<10} embedded, already running (left running on exit)")
+            return
+        began = time.monotonic()
+        # Started in a thread this object owns, so that a Ctrl-C during the start can still wait for it
+        # to finish before stopping it (cancelling the await does not stop the thread).
+        starting = self._postgres_starter.submit(start_embedded_postgres, data_dir)
+
+        def stop_postgres() -> None:
+            with contextlib.suppress(Exception):
+                starting.result(timeout=120)
+            stop_embedded_postgres(data_dir)
+            say(f"  {'postgres':<10} stopped")
+
+        self._stops.append(("postgres", stop_postgres))
+        self.database_url = await asyncio.wrap_future(starting)
+        elapsed = time.monotonic() - began
+        say(f"  {'postgres':<10} embedded, ready in {elapsed:.1f} s (data {_shown(data_dir / 'pg')})")
+
+    async def watch(self, stop: asyncio.Event) -> ManagedProcess | None:
+        """Waits for ``stop``; returns the first child found dead before that, if any."""
+        while not stop.is_set():
+            for process in self.processes:
+                if not process.running:
+                    return process
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL_SECONDS)
+        return None
+
+    def stop_all(self) -> None:
+        """Stops everything this run started, newest first; one failure does not stop the rest."""
+        while self._stops:
+            name, stop = self._stops.pop()
+            try:
+                stop()
+            except Exception as problem:
+                complain(f"  {name:<10} could not be stopped cleanly: {problem}")
+        self._postgres_starter.shutdown(wait=True)
+
+    async def _print_summary(self) -> None:
+        config = self.config
+        nc_ip = await self._free_nc_ip()
+        say()
+        say(f"  Temporal UI      http://localhost:{config.temporal_ui_port}")
+        say(f"  Temporal gRPC    {config.temporal_address} (namespace {config.namespace})")
+        say(f"  Simulator admin  {config.simulator_url}/admin/ncs")
+        if config.worker_metrics_port:
+            say(f"  Worker metrics   http://127.0.0.1:{config.worker_metrics_port}/metrics")
+        say(f"  Database         {self.database_url}")
+        say()
+        say("Lock a free NC of the demo fleet (0x410A01, workflow NcLock):")
+        for command in nc_lock_example(config, nc_ip or "<nc_ip>"):
+            say(f"  {command}")
+        if nc_ip is None:
+            say(f"  (no NC is free right now: pick one from {config.simulator_url}/admin/ncs)")
+        say()
+        say(f"{READY_LINE}; Ctrl-C stops it.")
+
+    async def _free_nc_ip(self) -> str | None:
+        """The first ``free`` NC the simulator lists, so the printed example works as is."""
+        url = f"{self.config.simulator_url}/admin/ncs"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                async with session.get(url) as response:
+                    response.raise_for_status()
+                    listing = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as problem:
+            complain(f"could not list the simulator's NCs ({url}): {problem}")
+            return None
+        ncs = listing.get("ncs", []) if isinstance(listing, dict) else listing
+        for nc in ncs if isinstance(ncs, list) else []:
+            if isinstance(nc, dict) and nc.get("biz_status") == "free" and isinstance(nc.get("nc_ip"), str):
+                return str(nc["nc_ip"])
+        return None
+
+
+def nc_lock_example(config: DevStackConfig, nc_ip: str) -> list[str]:
+    """``temporal`` commands that start NcLock on ``nc_ip``, wait for its result and show the host."""
+    temporal = "temporal" if shutil.which("temporal") else _shown(Path(processes.find_binary("temporal")))
+    address = "" if config.temporal_port == 7233 else f" --address {config.temporal_address}"
+    workflow_id = f"0x410A01-{nc_ip}"
+    payload = json.dumps({"nc_ip": nc_ip, **NC_LOCK_EXAMPLE_INPUT})
+    return [
+        f"{temporal} workflow start{address} --type NcLock --task-queue {config.task_queue} "
+        f"--workflow-id {workflow_id} --input {shlex.quote(payload)}",
+        f"{temporal} workflow result{address} --workflow-id {workflow_id}",
+        f"curl {config.simulator_url}/admin/ncs/{nc_ip}",
+    ]
+
+
+def _embedded_postgres_running(data_dir: Path) -> bool:
+    """Whether the embedded server under ``data_dir/pg`` (store/embedded.py's layout) is up already."""
+    pid_file = data_dir / "pg" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # a stale file from a crash
+    except PermissionError:
+        return True  # alive, owned by the server's own user
+    return True
+
+
+async def run(config: DevStackConfig) -> int:
+    """Starts the stack, waits for a signal or a dead child, stops the stack; returns the exit code."""
+    stack = DevStack(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            say(f"\n{sig.name} received: stopping")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        starting = asyncio.create_task(stack.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            return 0
+        failure = starting.exception()
+        if failure is not None:
+            if isinstance(failure, ProcessNotReady | DevStackError):
+                complain(f"failed to start: {failure}")
+            else:
+                complain("failed to start:")
+                traceback.print_exception(failure)
+            return 1
+        dead = await stack.watch(stop)
+        if dead is not None:
+            complain(
+                f"{dead.name} (pid {dead.pid}) exited unexpectedly with code {dead.returncode}; "
+                f"last lines of {_shown(dead.log_path)}:\n{dead.log_tail(15)}"
+            )
+            complain("stopping the rest")
+            return 1
+        return 0
+    finally:
+        # Blocking on purpose: a second Ctrl-C only sets the event again instead of cutting this short,
+        # and every stop has its own timeout.
+        stack.stop_all()
+        say("dev stack stopped")
+
+
+def main() -> None:
+    # Only warnings from libraries (the store's, the SDK's): the components' logs are in their files.
+    configure_logging("WARNING", json=False)
+    try:
+        config = DevStackConfig.from_env()
+        check_ports(config)
+    except DevStackError as problem:
+        complain(f"cannot start the dev stack: {problem}")
+        sys.exit(1)
+    sys.exit(asyncio.run(run(config)))
+
+
+if __name__ == "__main__":
+    main()
