@@ -334,7 +334,8 @@ def nc_lock_example(config: DevStackConfig, nc_ip: str) -> list[str]:
     payload = json.dumps({"nc_ip": nc_ip, **NC_LOCK_EXAMPLE_INPUT})
     return [
         f"{temporal} workflow start{address} --type NcLock --task-queue {config.task_queue} "
-        f"--workflow-id {workflow_id} --input {shlex.quote(payload)}",
+        f"--workflow-id {workflow_id} --static-summary {shlex.quote(f'0x410A01 lock NC {nc_ip}')} "
+        f"--input {shlex.quote(payload)}",
         f"{temporal} workflow result{address} --workflow-id {workflow_id}",
         f"curl {config.simulator_url}/admin/ncs/{nc_ip}",
     ]

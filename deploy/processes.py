@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import IO
 
 import aiohttp
-from temporalio.api.enums.v1 import IndexedValueType, TaskQueueKind, TaskQueueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
@@ -299,23 +298,6 @@ async def wait_for_http(url: str, timeout: float = 30.0) -> None:  # noqa: ASYNC
 # --- Temporal ---------------------------------------------------------------------------------------
 
 
-async def ensure_search_attributes(client: Client, namespace: str) -> None:
-    """Registers every custom search attribute (runtime/search_attributes.py) in ``namespace``.
-
-    Needed on every start, not only the first: ``start-dev --search-attribute`` registers attributes
-    only when it creates its SQLite file, so attributes added to the code later would be missing from
-    an existing ``var/temporal.db``. Registering an attribute that exists with the same type is a no-op.
-    """
-    await client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=namespace,
-            search_attributes={
-                key.name: IndexedValueType.ValueType(key.indexed_value_type) for key in search_attributes.ALL
-            },
-        )
-    )
-
-
 class _TemporalReady:
     """The dev server is ready once gRPC and the UI answer and our search attributes are registered."""
 
@@ -332,7 +314,9 @@ class _TemporalReady:
         if self._client is None:
             self._client = await Client.connect(self.address, namespace=self.namespace)
         # Fails while the server is still creating the namespace; wait_ready retries.
-        await ensure_search_attributes(self._client, self.namespace)
+        # `start-dev --search-attribute` registers them only when it creates its SQLite file: an existing
+        # var/temporal.db from older code would lack newer ones.
+        await search_attributes.ensure_registered(self._client, self.namespace)
         return True
 
 

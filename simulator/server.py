@@ -281,72 +281,42 @@ async def _admin_ncs(request: web.Request) -> web.Response:
 
 
 async def _admin_nc(request: web.Request) -> web.Response:
-    try:
-        return web.json_response(_state(request).fleet.admin_nc_detail(request.match_info["nc"]))
-    except SimulatorError as refusal:
-        return _refusal_response(refusal)
+    return web.json_response(_state(request).fleet.admin_nc_detail(request.match_info["nc"]))
 
 
 async def _admin_patch_nc(request: web.Request) -> web.Response:
-    try:
-        patch = NcPatch.model_validate(await _json_body(request))
-    except ValidationError as error:
-        return _json_error(400, _validation_message(error))
+    patch = NcPatch.model_validate(await _json_body(request))
     fleet = _state(request).fleet
-    try:
-        fleet.patch_nc(request.match_info["nc"], **patch.model_dump(exclude_none=True))
-        return web.json_response(fleet.admin_nc_detail(request.match_info["nc"]))
-    except SimulatorError as refusal:
-        return _refusal_response(refusal)
+    fleet.patch_nc(request.match_info["nc"], **patch.model_dump(exclude_none=True))
+    return web.json_response(fleet.admin_nc_detail(request.match_info["nc"]))
 
 
 async def _admin_vm(request: web.Request) -> web.Response:
-    try:
-        return web.json_response(_state(request).fleet.admin_vm(request.match_info["vm_id"]))
-    except SimulatorError as refusal:
-        return _refusal_response(refusal)
+    return web.json_response(_state(request).fleet.admin_vm(request.match_info["vm_id"]))
 
 
 async def _admin_patch_vm(request: web.Request) -> web.Response:
-    try:
-        patch = VmPatch.model_validate(await _json_body(request))
-    except ValidationError as error:
-        return _json_error(400, _validation_message(error))
+    patch = VmPatch.model_validate(await _json_body(request))
     fleet = _state(request).fleet
-    try:
-        fleet.patch_vm(request.match_info["vm_id"], **patch.model_dump(exclude_none=True))
-        return web.json_response(fleet.admin_vm(request.match_info["vm_id"]))
-    except SimulatorError as refusal:
-        return _refusal_response(refusal)
+    fleet.patch_vm(request.match_info["vm_id"], **patch.model_dump(exclude_none=True))
+    return web.json_response(fleet.admin_vm(request.match_info["vm_id"]))
 
 
 async def _admin_disk(request: web.Request) -> web.Response:
-    try:
-        return web.json_response(_state(request).fleet.admin_disk(request.match_info["disk_id"]))
-    except SimulatorError as refusal:
-        return _refusal_response(refusal)
+    return web.json_response(_state(request).fleet.admin_disk(request.match_info["disk_id"]))
 
 
 async def _admin_plant_residue(request: web.Request) -> web.Response:
-    try:
-        plant = ResiduePlant.model_validate(await _json_body(request))
-    except ValidationError as error:
-        return _json_error(400, _validation_message(error))
+    plant = ResiduePlant.model_validate(await _json_body(request))
     fleet = _state(request).fleet
-    try:
-        fleet.plant_residue(plant.nc_id, plant.vm_id, state=plant.state, guest_active=plant.guest_active)
-        return web.json_response(fleet.admin_nc_detail(plant.nc_id), status=201)
-    except SimulatorError as refusal:
-        return _refusal_response(refusal)
+    fleet.plant_residue(plant.nc_id, plant.vm_id, state=plant.state, guest_active=plant.guest_active)
+    return web.json_response(fleet.admin_nc_detail(plant.nc_id), status=201)
 
 
 async def _admin_add_faults(request: web.Request) -> web.Response:
     body = await _json_body(request)
     items = body if isinstance(body, list) else [body]
-    try:
-        specs = [FaultSpec.model_validate(item) for item in items]
-    except ValidationError as error:
-        return _json_error(400, _validation_message(error))
+    specs = [FaultSpec.model_validate(item) for item in items]
     book = _state(request).faults
     added = [book.add(spec).to_json() for spec in specs]
     return web.json_response({"faults": added}, status=201)
@@ -381,8 +351,19 @@ async def _admin_calls(request: web.Request) -> web.Response:
     return web.json_response({"calls": calls})
 
 
+@web.middleware
+async def _admin_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Admin refusals as JSON: a bad body is 400 naming the field, an unknown NC/VM/disk 404."""
+    try:
+        return await handler(request)
+    except ValidationError as error:
+        return _json_error(400, _validation_message(error))
+    except SimulatorError as refusal:
+        return _refusal_response(refusal)
+
+
 def build_app(state: SimulatorState) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_admin_errors])
     app[_STATE_KEY] = state
     app.router.add_post("/go2hyapi/{action}", _go2hyapi)
     app.router.add_get("/healthz", _healthz)
