@@ -20,14 +20,15 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m deploy.devstack
 
-test: $(STAMP)
+test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --quiet .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy domain houyi store activities workflows runtime simulator worker.py
+	$(BIN)/mypy domain houyi store activities workflows runtime simulator deploy starter worker.py tests
 
 clean:
 	rm -rf $(VENV) var

@@ -101,7 +101,11 @@ def describe_validation_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "input"
-        problems.append(f"{where}: {item['msg']}")
+        # Our own validators' messages stand alone; pydantic would prefix them with "Value error, ".
+        message = (
+            str(item["ctx"]["error"]) if item["type"] == "value_error" and "ctx" in item else item["msg"]
+        )
+        problems.append(f"{where}: {message}")
     return "; ".join(problems)
 
 

@@ -35,7 +35,9 @@ def _env_number(name: str, default: float) -> float:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m simulator", description="Houyi control-plane simulator")
-    parser.add_argument("--fleet", type=Path, default=DEMO_FLEET_PATH, help="fleet JSON file (default: the demo fleet)")
+    parser.add_argument(
+        "--fleet", type=Path, default=DEMO_FLEET_PATH, help="fleet JSON file (default: the demo fleet)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(_env_number("HOUYI_SIM_PORT", DEFAULT_PORT)))
     parser.add_argument(
@@ -52,12 +54,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    simulator = await start_simulator(args.fleet, host=args.host, port=args.port, speed=args.speed, seed=args.seed)
+    simulator = await start_simulator(
+        args.fleet, host=args.host, port=args.port, speed=args.speed, seed=args.seed
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    logger.info("houyi simulator listening on %s (%s, speed %s)", simulator.url, simulator.fleet.summary(), f"{args.speed:g}")
+    logger.info(
+        "houyi simulator listening on %s (%s, speed %s)",
+        simulator.url,
+        simulator.fleet.summary(),
+        f"{args.speed:g}",
+    )
     try:
         await stop.wait()
     finally:

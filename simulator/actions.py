@@ -118,7 +118,9 @@ def _describe_nc(fleet: Fleet, call: Call) -> Any:
 
 
 def _list_ncs(fleet: Fleet, call: Call) -> Any:
-    ncs = fleet.list_ncs(region_id=call.params.optional_text("region_id"), cluster_id=call.params.optional_text("cluster_id"))
+    ncs = fleet.list_ncs(
+        region_id=call.params.optional_text("region_id"), cluster_id=call.params.optional_text("cluster_id")
+    )
     return {"ncs": [_dump(nc) for nc in ncs]}
 
 
@@ -176,14 +178,18 @@ HANDLERS: dict[Action, Handler] = {
     Action.DESCRIBE_NC: _describe_nc,
     Action.LIST_NCS: _list_ncs,
     Action.DESCRIBE_VM: lambda fleet, call: {"vm": _dump(fleet.describe_vm(call.params.text("vm_name")))},
-    Action.GET_OOB_POWER_STATUS: lambda fleet, call: _dump(fleet.get_oob_power_status(call.params.text("nc_id"))),
+    Action.GET_OOB_POWER_STATUS: lambda fleet, call: _dump(
+        fleet.get_oob_power_status(call.params.text("nc_id"))
+    ),
     Action.GET_LIVE_MIGRATION_PROGRESS: lambda fleet, call: _dump(
         fleet.get_live_migration_progress(call.params.text("vm_name"))
     ),
     Action.LIST_VM_PROCESSES: lambda fleet, call: {
         "processes": [_dump(p) for p in fleet.list_vm_processes(call.params.text("nc_id"))]
     },
-    Action.DESCRIBE_DISK: lambda fleet, call: {"disk": _dump(fleet.describe_disk(call.params.text("disk_id")))},
+    Action.DESCRIBE_DISK: lambda fleet, call: {
+        "disk": _dump(fleet.describe_disk(call.params.text("disk_id")))
+    },
     Action.GET_DISK_MIGRATION_PROGRESS: lambda fleet, call: _dump(
         fleet.get_disk_migration_progress(call.params.text("task_id"))
     ),
@@ -212,7 +218,9 @@ HANDLERS: dict[Action, Handler] = {
     Action.STOP_VM: lambda fleet, call: _dump(fleet.stop_vm(call.params.text("vm_name"))),
     # capacity, events
     Action.RESERVE_RI_CAPACITY: _reserve_ri_capacity,
-    Action.RELEASE_RI_CAPACITY: lambda fleet, call: _dump(fleet.release_ri_capacity(call.params.text("reservation_id"))),
+    Action.RELEASE_RI_CAPACITY: lambda fleet, call: _dump(
+        fleet.release_ri_capacity(call.params.text("reservation_id"))
+    ),
     Action.PUBLISH_EVENT: lambda fleet, call: _dump(
         fleet.publish_event(
             call.params.text("nc_id"),
@@ -229,7 +237,9 @@ HANDLERS: dict[Action, Handler] = {
         fleet.destroy_vm_process(call.params.text("nc_id"), call.params.text("vm_name"))
     ),
     # disks
-    Action.CREATE_DISK_SNAPSHOT: lambda fleet, call: _dump(fleet.create_disk_snapshot(call.params.text("disk_id"))),
+    Action.CREATE_DISK_SNAPSHOT: lambda fleet, call: _dump(
+        fleet.create_disk_snapshot(call.params.text("disk_id"))
+    ),
     Action.START_DISK_LIVE_MIGRATION: lambda fleet, call: _dump(
         fleet.start_disk_live_migration(call.params.text("disk_id"), call.params.text("dst_storage_cluster"))
     ),

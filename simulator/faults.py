@@ -41,7 +41,9 @@ class FaultSpec(BaseModel):
 
     action: Action
     kind: FaultKind = FaultKind.ERROR
-    code: int = Field(default=Code.UNAVAILABLE, ge=400, le=599, description="the envelope code of an error fault")
+    code: int = Field(
+        default=Code.UNAVAILABLE, ge=400, le=599, description="the envelope code of an error fault"
+    )
     message: str = ""
     error_rate: float = Field(default=1.0, ge=0.0, le=1.0, description="chance that a matching call is hit")
     count: int | None = Field(default=None, ge=1, description="how many calls it hits; null: no limit")
@@ -81,7 +83,12 @@ class ActiveFault:
 
     def to_json(self) -> dict[str, Any]:
         remaining = None if self.spec.count is None else max(self.spec.count - self.hits, 0)
-        return {"fault_id": self.fault_id, **self.spec.model_dump(mode="json"), "hits": self.hits, "remaining": remaining}
+        return {
+            "fault_id": self.fault_id,
+            **self.spec.model_dump(mode="json"),
+            "hits": self.hits,
+            "remaining": remaining,
+        }
 
 
 class FaultBook:

@@ -187,8 +187,12 @@ class _Entry(BaseModel):
 
 
 class FleetSettings(_Entry):
-    residue_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="chance a live migration leaves a residue")
-    power_settle_seconds: float = Field(default=120.0, gt=0, description="simulated seconds an OOB power change takes")
+    residue_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="chance a live migration leaves a residue"
+    )
+    power_settle_seconds: float = Field(
+        default=120.0, gt=0, description="simulated seconds an OOB power change takes"
+    )
     disk_copy_mib_per_second: float = Field(default=500.0, gt=0, description="disk live-migration copy speed")
 
 
@@ -224,7 +228,9 @@ class NcEntry(_Entry):
     vcpu_total: int = Field(ge=0)
     memory_gib_total: int = Field(ge=0)
     has_storage_node: bool = False
-    load_high: bool = Field(default=False, description="live migrations off this host are refused as 'load too high'")
+    load_high: bool = Field(
+        default=False, description="live migrations off this host are refused as 'load too high'"
+    )
 
 
 class VmEntry(_Entry):
@@ -308,7 +314,9 @@ class FleetFile(_Entry):
         zones = {zone: r.region_id for r in self.regions for zone in r.zones}
         for cluster in self.clusters:
             if zones.get(cluster.zone_id) != cluster.region_id:
-                problems.append(f"cluster {cluster.cluster_id}: zone {cluster.zone_id} is not in region {cluster.region_id}")
+                problems.append(
+                    f"cluster {cluster.cluster_id}: zone {cluster.zone_id} is not in region {cluster.region_id}"
+                )
         for storage in self.storage_clusters:
             if storage.zone_id not in zones:
                 problems.append(f"storage cluster {storage.name}: unknown zone {storage.zone_id}")
@@ -343,8 +351,13 @@ class FleetFile(_Entry):
                 problems.append(f"residue of {residue.vm_id}: unknown nc {residue.nc_id}")
             if residue.vm_id not in vms:
                 problems.append(f"residue on {residue.nc_id}: unknown vm {residue.vm_id}")
-            elif vms[residue.vm_id].nc_id == residue.nc_id and vms[residue.vm_id].status is not VmStatus.RELEASED:
-                problems.append(f"residue of {residue.vm_id} on {residue.nc_id}: that is the vm's own nc, not a residue")
+            elif (
+                vms[residue.vm_id].nc_id == residue.nc_id
+                and vms[residue.vm_id].status is not VmStatus.RELEASED
+            ):
+                problems.append(
+                    f"residue of {residue.vm_id} on {residue.nc_id}: that is the vm's own nc, not a residue"
+                )
         disks = {d.disk_id for d in self.disks}
         for migration in self.disk_migrations:
             if migration.disk_id not in disks:
@@ -494,7 +507,8 @@ class Fleet:
                 self._load_high.add(nc.nc_id)
 
         self._vms: dict[str, Vm] = {
-            entry.vm_id: Vm(**entry.model_dump(), region_id=self._ncs[entry.nc_id].region_id) for entry in spec.vms
+            entry.vm_id: Vm(**entry.model_dump(), region_id=self._ncs[entry.nc_id].region_id)
+            for entry in spec.vms
         }
         self._disks: dict[str, Disk] = {}
         for disk_entry in spec.disks:
@@ -652,7 +666,9 @@ class Fleet:
     def _incoming(self, nc_id: str) -> tuple[int, int]:
         """Capacity held for live migrations still running towards this NC."""
         incoming = [
-            m for m in self._live_migrations.values() if m.target_nc_id == nc_id and m.state is MigrationState.RUNNING
+            m
+            for m in self._live_migrations.values()
+            if m.target_nc_id == nc_id and m.state is MigrationState.RUNNING
         ]
         return sum(m.vcpu for m in incoming), sum(m.memory_gib for m in incoming)
 
@@ -695,7 +711,8 @@ class Fleet:
         return [
             self._view(nc)
             for nc in self._ncs.values()
-            if (region_id is None or nc.region_id == region_id) and (cluster_id is None or nc.cluster_id == cluster_id)
+            if (region_id is None or nc.region_id == region_id)
+            and (cluster_id is None or nc.cluster_id == cluster_id)
         ]
 
     def describe_vm(self, vm_id: str) -> Vm:
@@ -777,7 +794,9 @@ class Fleet:
     def _require_power_settled(self, nc: Nc) -> PowerState:
         state = self._power_state(nc.nc_id)
         if not state.settled:
-            raise wrong_state(f"nc {nc.nc_id} power status is {state.value}: power status pending, retry after 60 seconds")
+            raise wrong_state(
+                f"nc {nc.nc_id} power status is {state.value}: power status pending, retry after 60 seconds"
+            )
         return state
 
     def _power_goes_down(self, nc: Nc) -> None:
@@ -798,7 +817,9 @@ class Fleet:
         self._power_goes_down(nc)
         self._nc_counters[nc_id]["power_offs"] += 1
         settle = self._real_seconds(self.power_settle_seconds)
-        self._power[nc_id] = PowerTimeline(final=PowerState.OFF, phases=[(self._now() + settle, PowerState.PENDING_OFF)])
+        self._power[nc_id] = PowerTimeline(
+            final=PowerState.OFF, phases=[(self._now() + settle, PowerState.PENDING_OFF)]
+        )
         return PowerStatus(nc_id=nc_id, power_state=PowerState.PENDING_OFF)
 
     def oob_power_on(self, nc_id: str) -> PowerStatus:
@@ -808,7 +829,9 @@ class Fleet:
             return PowerStatus(nc_id=nc_id, power_state=PowerState.ON)
         self._nc_counters[nc_id]["power_ons"] += 1
         settle = self._real_seconds(self.power_settle_seconds)
-        self._power[nc_id] = PowerTimeline(final=PowerState.ON, phases=[(self._now() + settle, PowerState.PENDING_ON)])
+        self._power[nc_id] = PowerTimeline(
+            final=PowerState.ON, phases=[(self._now() + settle, PowerState.PENDING_ON)]
+        )
         return PowerStatus(nc_id=nc_id, power_state=PowerState.PENDING_ON)
 
     def oob_power_cycle(self, nc_id: str) -> PowerStatus:
@@ -861,7 +884,9 @@ class Fleet:
             return min(candidates, key=spread_order)
         target = self._nc(target_nc_id)
         if target.nc_id == source.nc_id:
-            raise unsupported(f"vm {vm.vm_id} already runs on nc {target.nc_id}: the target must be another nc")
+            raise unsupported(
+                f"vm {vm.vm_id} already runs on nc {target.nc_id}: the target must be another nc"
+            )
         if target.cluster_id != source.cluster_id:
             raise unsupported(
                 f"target nc {target.nc_id} is in cluster {target.cluster_id}, vm {vm.vm_id} is in cluster "
@@ -870,7 +895,8 @@ class Fleet:
         mismatches = [
             blocker.value
             for blocker in live_migration_blockers(vm, source, target)
-            if blocker in (LiveMigrationBlocker.CPU_MODEL_MISMATCH, LiveMigrationBlocker.SOFTWARE_VERSION_MISMATCH)
+            if blocker
+            in (LiveMigrationBlocker.CPU_MODEL_MISMATCH, LiveMigrationBlocker.SOFTWARE_VERSION_MISMATCH)
         ]
         if mismatches:
             raise unsupported(
@@ -879,7 +905,9 @@ class Fleet:
                 f"{target.software_version})"
             )
         if not target.biz_status.schedulable:
-            raise wrong_state(f"nc {target.nc_id} is {target.biz_status.value}, cannot receive vms (must be free)")
+            raise wrong_state(
+                f"nc {target.nc_id} is {target.biz_status.value}, cannot receive vms (must be free)"
+            )
         self._require_powered_on(target, "receive vms")
         if not self._has_room(target, vm.vcpu, vm.memory_gib):
             free_vcpu, free_memory = self._free(target)
@@ -904,13 +932,17 @@ class Fleet:
         self._advance()
         vm = self._vm(vm_id)
         if not MIN_DOWNTIME_MS <= downtime <= MAX_DOWNTIME_MS:
-            raise invalid_parameter(f"downtime {downtime} ms is out of range ({MIN_DOWNTIME_MS}-{MAX_DOWNTIME_MS} ms)")
+            raise invalid_parameter(
+                f"downtime {downtime} ms is out of range ({MIN_DOWNTIME_MS}-{MAX_DOWNTIME_MS} ms)"
+            )
         if rate < 1:
             raise invalid_parameter(f"rate must be at least 1 MB/s, got {rate}")
         if vm.status is not VmStatus.RUNNING:
             raise wrong_state(f"vm {vm_id} is {vm.status.value}, cannot be live-migrated (must be running)")
         source = self._nc(vm.nc_id)
-        blockers = [b.value for b in live_migration_blockers(vm, source) if b is not LiveMigrationBlocker.NOT_RUNNING]
+        blockers = [
+            b.value for b in live_migration_blockers(vm, source) if b is not LiveMigrationBlocker.NOT_RUNNING
+        ]
         if blockers:
             raise unsupported(f"vm {vm_id} cannot be live-migrated: {', '.join(blockers)}")
         if not vm.image_supported and not no_check_image:
@@ -919,7 +951,9 @@ class Fleet:
                 "(no_check_image forces it, without SLA)"
             )
         if source.nc_id in self._load_high and not no_check_load:
-            raise throttled(f"load too high on nc {source.nc_id}: live migration of vm {vm_id} refused, retry later")
+            raise throttled(
+                f"load too high on nc {source.nc_id}: live migration of vm {vm_id} refused, retry later"
+            )
         self._require_powered_on(source, "live-migrate its vms")
         target = self._live_migration_target(vm, source, target_nc_id)
 
@@ -952,7 +986,10 @@ class Fleet:
         self._latest_migration_by_vm[vm_id] = migration.migration_id
         vm.status = VmStatus.MIGRATING
         return LiveMigrationTask(
-            migration_id=migration.migration_id, vm_id=vm_id, source_nc_id=source.nc_id, target_nc_id=target.nc_id
+            migration_id=migration.migration_id,
+            vm_id=vm_id,
+            source_nc_id=source.nc_id,
+            target_nc_id=target.nc_id,
         )
 
     def _finish_live_migration(self, migration: LiveMigration) -> None:
@@ -960,7 +997,9 @@ class Fleet:
         if migration.converges:
             self._land(migration, vm)
             if migration.leaves_residue:
-                self._residues[migration.source_nc_id][vm.vm_id] = Residue(ProcessState.PAUSED, guest_active=False)
+                self._residues[migration.source_nc_id][vm.vm_id] = Residue(
+                    ProcessState.PAUSED, guest_active=False
+                )
             return
         migration.state = MigrationState.TIMED_OUT
         migration.final_progress = NON_CONVERGING_PROGRESS_CAP
@@ -1012,7 +1051,11 @@ class Fleet:
         vm = self._vm_in_region(vm_id, region_id)
         migration = self._latest_migration(vm_id)
         if migration is None or migration.state is not MigrationState.RUNNING:
-            latest = f" (its latest migration {migration.migration_id} is {migration.state.value})" if migration else ""
+            latest = (
+                f" (its latest migration {migration.migration_id} is {migration.state.value})"
+                if migration
+                else ""
+            )
             raise wrong_state(f"vm {vm_id} has no running live migration to cancel{latest}")
         if migration.stuck:
             raise wrong_state(
@@ -1031,8 +1074,14 @@ class Fleet:
         vm = self._vm_in_region(vm_id, region_id)
         self._nc(where)
         migration = self._latest_migration(vm_id)
-        if vm.status is not VmStatus.MIGRATING or migration is None or migration.state is not MigrationState.RUNNING:
-            raise wrong_state(f"vm {vm_id} is {vm.status.value}, not migrating: there is no migration status to change")
+        if (
+            vm.status is not VmStatus.MIGRATING
+            or migration is None
+            or migration.state is not MigrationState.RUNNING
+        ):
+            raise wrong_state(
+                f"vm {vm_id} is {vm.status.value}, not migrating: there is no migration status to change"
+            )
         if where not in (migration.source_nc_id, migration.target_nc_id):
             raise unsupported(
                 f"vm {vm_id} migrates from nc {migration.source_nc_id} to nc {migration.target_nc_id}; "
@@ -1079,7 +1128,9 @@ class Fleet:
         vm = self._vm(vm_id)
         if vm.status not in _COLD_MIGRATABLE_STATUSES:
             allowed = ", ".join(sorted(s.value for s in _COLD_MIGRATABLE_STATUSES))
-            raise wrong_state(f"vm {vm_id} is {vm.status.value}, cannot be cold-migrated (allowed from: {allowed})")
+            raise wrong_state(
+                f"vm {vm_id} is {vm.status.value}, cannot be cold-migrated (allowed from: {allowed})"
+            )
         source = self._nc(vm.nc_id)
         if target_nc_id is None:
             chosen = self._random_host(vm, source.cluster_id, exclude=source.nc_id)
@@ -1092,17 +1143,23 @@ class Fleet:
         else:
             target = self._nc(target_nc_id)
             if target.nc_id == source.nc_id:
-                raise unsupported(f"vm {vm_id} is already on nc {target.nc_id}: the target must be another nc")
+                raise unsupported(
+                    f"vm {vm_id} is already on nc {target.nc_id}: the target must be another nc"
+                )
             if target.cluster_id != source.cluster_id:
                 raise unsupported(
                     f"target nc {target.nc_id} is in cluster {target.cluster_id}, vm {vm_id} is in cluster "
                     f"{source.cluster_id}: cold migration stays within a cluster"
                 )
             if not target.biz_status.schedulable:
-                raise wrong_state(f"nc {target.nc_id} is {target.biz_status.value}, cannot receive vms (must be free)")
+                raise wrong_state(
+                    f"nc {target.nc_id} is {target.biz_status.value}, cannot receive vms (must be free)"
+                )
             self._require_powered_on(target, "receive vms")
             if not self._has_room(target, vm.vcpu, vm.memory_gib):
-                raise wrong_state(f"nc {target.nc_id} has no room for vm {vm_id} ({vm.vcpu} vCPU / {vm.memory_gib} GiB)")
+                raise wrong_state(
+                    f"nc {target.nc_id} has no room for vm {vm_id} ({vm.vcpu} vCPU / {vm.memory_gib} GiB)"
+                )
         vm.nc_id = target.nc_id
         if after is AfterMigrationState.START:
             vm.status = VmStatus.RUNNING
@@ -1157,7 +1214,10 @@ class Fleet:
                 free_vcpu += max(nc_vcpu, 0)
                 free_memory += max(nc_memory, 0)
         for reservation in self._reservations.values():
-            if reservation.cluster_id == cluster_id and reservation.reservation_id not in self._released_reservations:
+            if (
+                reservation.cluster_id == cluster_id
+                and reservation.reservation_id not in self._released_reservations
+            ):
                 free_vcpu -= reservation.vcpu
                 free_memory -= reservation.memory_gib
         if vcpu > free_vcpu or memory_gib > free_memory:
@@ -1189,8 +1249,14 @@ class Fleet:
         self._advance()
         self._nc(nc_id)
         self.events.append(
-            {"kind": "event", "nc_id": nc_id, "event": event, "detail": detail, "caller": caller,
-             "at": self._wall_clock().isoformat()}
+            {
+                "kind": "event",
+                "nc_id": nc_id,
+                "event": event,
+                "detail": detail,
+                "caller": caller,
+                "at": self._wall_clock().isoformat(),
+            }
         )
         self.counters["events_published"] += 1
         return Ack()
@@ -1198,8 +1264,13 @@ class Fleet:
     def notify(self, target: str, message: str, *, caller: str = "") -> Ack:
         self._advance()
         self.events.append(
-            {"kind": "notification", "target": target, "message": message, "caller": caller,
-             "at": self._wall_clock().isoformat()}
+            {
+                "kind": "notification",
+                "target": target,
+                "message": message,
+                "caller": caller,
+                "at": self._wall_clock().isoformat(),
+            }
         )
         self.counters["notifications"] += 1
         return Ack()
@@ -1216,12 +1287,19 @@ class Fleet:
         nc = self._nc(nc_id)
         self._require_powered_on(nc, "list its processes")
         processes = [
-            VmProcess(vm_id=vm.vm_id, pid=self._pid(nc_id, vm.vm_id), state=ProcessState.RUNNING, guest_active=True)
+            VmProcess(
+                vm_id=vm.vm_id, pid=self._pid(nc_id, vm.vm_id), state=ProcessState.RUNNING, guest_active=True
+            )
             for vm in self._vms_with_process_on(nc_id)
         ]
         listed = {p.vm_id for p in processes}
         processes += [
-            VmProcess(vm_id=vm_id, pid=self._pid(nc_id, vm_id), state=residue.state, guest_active=residue.guest_active)
+            VmProcess(
+                vm_id=vm_id,
+                pid=self._pid(nc_id, vm_id),
+                state=residue.state,
+                guest_active=residue.guest_active,
+            )
             for vm_id, residue in self._residues[nc_id].items()
             if vm_id not in listed
         ]
@@ -1260,7 +1338,9 @@ class Fleet:
             raise not_found(f"storage cluster {dst_storage_cluster} not found")
         source = self.storage_clusters[disk.storage_cluster]
         if disk.category is not DiskCategory.RIVER:
-            raise unsupported(f"disk {disk_id} is {disk.category.value}: only river disks can be live-migrated")
+            raise unsupported(
+                f"disk {disk_id} is {disk.category.value}: only river disks can be live-migrated"
+            )
         if disk.shared:
             raise unsupported(f"disk {disk_id} is shared: shared disks cannot be live-migrated")
         if disk.size_gib > LARGE_DISK_GIB:
@@ -1338,7 +1418,10 @@ class Fleet:
         self._advance()
         task = self._disk_task(task_id)
         return DiskMigrationProgress(
-            task_id=task_id, disk_id=task.disk_id, state=task.state, progress_pct=task.progress_at(self._now())
+            task_id=task_id,
+            disk_id=task.disk_id,
+            state=task.state,
+            progress_pct=task.progress_at(self._now()),
         )
 
     def query_device_migrate_log(self, status: str | None = None) -> list[DeviceMigrateLogEntry]:
@@ -1408,7 +1491,9 @@ class Fleet:
         self._advance()
         task = self._disk_task(task_id)
         if task.state is not DiskMigrationState.COMPLETE:
-            raise wrong_state(f"disk migration task {task_id} is {task.state.value}, cannot recycle its source")
+            raise wrong_state(
+                f"disk migration task {task_id} is {task.state.value}, cannot recycle its source"
+            )
         if task.src_recycled:
             raise wrong_state(f"disk migration task {task_id}: its source is already recycled")
         task.src_recycled = 1

@@ -68,24 +68,64 @@ _DEVICE_TYPES = (
 
 _CLUSTERS = (
     _ClusterPlan(
-        "ECS-CPU-A-8976", "cn-qd-d01", "cn-qd-d01-a", "CPU", "shared", "10.12.16",
-        "Intel(R) Xeon(R) Platinum 8269CY", "Intel(R) Xeon(R) Platinum 8163", 104, 384, _CPU_TYPES,
-        ((2, "mlock"), (6, "nc_down")), (4,),
+        "ECS-CPU-A-8976",
+        "cn-qd-d01",
+        "cn-qd-d01-a",
+        "CPU",
+        "shared",
+        "10.12.16",
+        "Intel(R) Xeon(R) Platinum 8269CY",
+        "Intel(R) Xeon(R) Platinum 8163",
+        104,
+        384,
+        _CPU_TYPES,
+        ((2, "mlock"), (6, "nc_down")),
+        (4,),
     ),
     _ClusterPlan(
-        "ECS-MOC-A-0012", "cn-qd-d01", "cn-qd-d01-b", "MOC", "exclusive", "10.12.48",
-        "Intel(R) Xeon(R) Platinum 8369B", "AMD EPYC 7T83", 128, 512, _MOC_TYPES,
-        ((1, "mlock"), (9, "offline")), (),
+        "ECS-MOC-A-0012",
+        "cn-qd-d01",
+        "cn-qd-d01-b",
+        "MOC",
+        "exclusive",
+        "10.12.48",
+        "Intel(R) Xeon(R) Platinum 8369B",
+        "AMD EPYC 7T83",
+        128,
+        512,
+        _MOC_TYPES,
+        ((1, "mlock"), (9, "offline")),
+        (),
     ),
     _ClusterPlan(
-        "ECS-CPU-B-5531", "cn-hz-d02", "cn-hz-d02-a", "CPU", "shared", "10.34.16",
-        "Intel(R) Xeon(R) Platinum 8269CY", "Intel(R) Xeon(R) Platinum 8163", 104, 384, _CPU_TYPES,
-        ((3, "nc_down"), (10, "no_heartbeat")), (1,),
+        "ECS-CPU-B-5531",
+        "cn-hz-d02",
+        "cn-hz-d02-a",
+        "CPU",
+        "shared",
+        "10.34.16",
+        "Intel(R) Xeon(R) Platinum 8269CY",
+        "Intel(R) Xeon(R) Platinum 8163",
+        104,
+        384,
+        _CPU_TYPES,
+        ((3, "nc_down"), (10, "no_heartbeat")),
+        (1,),
     ),
     _ClusterPlan(
-        "ECS-MOC-B-0047", "cn-hz-d02", "cn-hz-d02-a", "MOC", "exclusive", "10.34.48",
-        "Intel(R) Xeon(R) Platinum 8369B", "AMD EPYC 7T83", 128, 512, _MOC_TYPES,
-        ((5, "rlock"),), (),
+        "ECS-MOC-B-0047",
+        "cn-hz-d02",
+        "cn-hz-d02-a",
+        "MOC",
+        "exclusive",
+        "10.34.48",
+        "Intel(R) Xeon(R) Platinum 8369B",
+        "AMD EPYC 7T83",
+        128,
+        512,
+        _MOC_TYPES,
+        ((5, "rlock"),),
+        (),
     ),
 )
 
@@ -95,11 +135,20 @@ OLD_SOFTWARE_VERSION = "houyi-3.3.6"
 # zone -> storage clusters (name, OSS domain). The odd ones out demonstrate the disk-migration limits: a
 # different OSS domain, a name of 15 bytes or more, and local disks (no storage cluster proper).
 _STORAGE = {
-    "cn-qd-d01-a": (("river-qd-a1", "oss-qd-01"), ("river-qd-a2", "oss-qd-01"), ("river-qd-a3", "oss-qd-02"),
-                    ("river-qd-a-archive", "oss-qd-01"), ("local-qd-a", "local")),
+    "cn-qd-d01-a": (
+        ("river-qd-a1", "oss-qd-01"),
+        ("river-qd-a2", "oss-qd-01"),
+        ("river-qd-a3", "oss-qd-02"),
+        ("river-qd-a-archive", "oss-qd-01"),
+        ("local-qd-a", "local"),
+    ),
     "cn-qd-d01-b": (("river-qd-b1", "oss-qd-01"), ("river-qd-b2", "oss-qd-01"), ("local-qd-b", "local")),
-    "cn-hz-d02-a": (("river-hz-a1", "oss-hz-01"), ("river-hz-a2", "oss-hz-01"), ("river-hz-a3", "oss-hz-02"),
-                    ("local-hz-a", "local")),
+    "cn-hz-d02-a": (
+        ("river-hz-a1", "oss-hz-01"),
+        ("river-hz-a2", "oss-hz-01"),
+        ("river-hz-a3", "oss-hz-02"),
+        ("local-hz-a", "local"),
+    ),
 }
 _IMAGES = ("img-centos-7.9", "img-ubuntu-22.04", "img-alinux-3", "img-windows-2019", "img-debian-12")
 _UNSUPPORTED_IMAGES = ("img-custom-freebsd-13", "img-legacy-suse-11")
@@ -150,12 +199,15 @@ class _Generator:
                         "nc_id": f"{rack_base}-{slot + 1}",
                         "nc_ip": f"{prefix}.{int(third) + rack}.{11 + slot}",
                         "hostname": f"{plan.zone_id}-{plan.cluster_id.lower()}-r{rack + 1:02d}-{slot + 1:02d}",
-                        "sn": "21" + "".join(self.rng.choice(string.ascii_uppercase + string.digits) for _ in range(10)),
+                        "sn": "21"
+                        + "".join(self.rng.choice(string.ascii_uppercase + string.digits) for _ in range(10)),
                         "cluster_id": plan.cluster_id,
                         "biz_status": status,
                         "power_state": "off" if status == "offline" else "on",
                         "cpu_model": plan.odd_cpu_model if index in odd_cpu else plan.cpu_model,
-                        "software_version": OLD_SOFTWARE_VERSION if index in old_software else SOFTWARE_VERSION,
+                        "software_version": OLD_SOFTWARE_VERSION
+                        if index in old_software
+                        else SOFTWARE_VERSION,
                         "vcpu_total": plan.vcpu_total,
                         "memory_gib_total": plan.memory_gib_total,
                         "has_storage_node": plan.kind == "MOC" and index % 3 == 0,
@@ -259,25 +311,48 @@ class _Generator:
         cluster_of = {nc["nc_id"]: nc["cluster_id"] for nc in ncs}
         running = [vm for vm in vms if vm["status"] == "running"]
         residues = []
-        for vm, state in zip(self.rng.sample(running, 4), ("paused", "paused", "running", "paused"), strict=True):
+        for vm, state in zip(
+            self.rng.sample(running, 4), ("paused", "paused", "running", "paused"), strict=True
+        ):
             others = [
                 nc["nc_id"]
                 for nc in ncs
-                if nc["cluster_id"] == cluster_of[vm["nc_id"]] and nc["nc_id"] != vm["nc_id"] and nc["power_state"] == "on"
+                if nc["cluster_id"] == cluster_of[vm["nc_id"]]
+                and nc["nc_id"] != vm["nc_id"]
+                and nc["power_state"] == "on"
             ]
-            residues.append({"nc_id": self.rng.choice(others), "vm_id": vm["vm_id"], "state": state, "guest_active": False})
+            residues.append(
+                {
+                    "nc_id": self.rng.choice(others),
+                    "vm_id": vm["vm_id"],
+                    "state": state,
+                    "guest_active": False,
+                }
+            )
         # A released VM whose process survived on its last host (foreCleanWildVm cleans it without checks).
-        released = self.rng.choice([vm for vm in running if not any(r["vm_id"] == vm["vm_id"] for r in residues)])
+        released = self.rng.choice(
+            [vm for vm in running if not any(r["vm_id"] == vm["vm_id"] for r in residues)]
+        )
         released["status"] = "released"
-        residues.append({"nc_id": released["nc_id"], "vm_id": released["vm_id"], "state": "running", "guest_active": False})
+        residues.append(
+            {
+                "nc_id": released["nc_id"],
+                "vm_id": released["vm_id"],
+                "state": "running",
+                "guest_active": False,
+            }
+        )
         return residues
 
     def disk_migrations(self, disks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Finished migrations river-*-a1 -> river-*-a2 (for recycle): one recycled, one not fully loaded."""
         history: list[dict[str, Any]] = []
         movable = [
-            d for d in disks
-            if d["storage_cluster"] in ("river-qd-a2", "river-hz-a2") and not d.get("shared") and d["size_gib"] <= 2048
+            d
+            for d in disks
+            if d["storage_cluster"] in ("river-qd-a2", "river-hz-a2")
+            and not d.get("shared")
+            and d["size_gib"] <= 2048
         ]
         chosen = self.rng.sample(movable, 4)
         for number, disk in enumerate(chosen, start=1):
@@ -348,7 +423,9 @@ def render(fleet: dict[str, Any]) -> str:
         comma = "," if position < len(keys) - 1 else ""
         if isinstance(value, list):
             lines.append(f"  {json.dumps(key)}: [")
-            lines += [f"    {json.dumps(item)}{',' if i < len(value) - 1 else ''}" for i, item in enumerate(value)]
+            lines += [
+                f"    {json.dumps(item)}{',' if i < len(value) - 1 else ''}" for i, item in enumerate(value)
+            ]
             lines.append(f"  ]{comma}")
         else:
             lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
@@ -357,7 +434,9 @@ def render(fleet: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m simulator.generate_fleet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m simulator.generate_fleet", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write the fleet JSON")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)

@@ -18,7 +18,9 @@ Fingerprint = tuple[tuple[str, str], ...]
 
 def fingerprint(params: Mapping[str, str]) -> Fingerprint:
     """What must match for a repeat to be the same request: every parameter but the token and the caller."""
-    return tuple(sorted((name, value) for name, value in params.items() if name not in (TOKEN_PARAM, CALLER_PARAM)))
+    return tuple(
+        sorted((name, value) for name, value in params.items() if name not in (TOKEN_PARAM, CALLER_PARAM))
+    )
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,9 @@ class TokenCache:
         return self._entries.get(token)
 
     def begin(self, token: str, action: Action, request: Fingerprint) -> TokenEntry:
-        entry = TokenEntry(action=action, fingerprint=request, outcome=asyncio.get_running_loop().create_future())
+        entry = TokenEntry(
+            action=action, fingerprint=request, outcome=asyncio.get_running_loop().create_future()
+        )
         self._entries[token] = entry
         return entry
 

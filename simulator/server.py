@@ -77,7 +77,10 @@ class Generation:
 
     def counters_json(self) -> dict[str, Any]:
         return {
-            "calls": {action: {str(code): n for code, n in sorted(codes.items())} for action, codes in self.calls.items()},
+            "calls": {
+                action: {str(code): n for code, n in sorted(codes.items())}
+                for action, codes in self.calls.items()
+            },
             "executed": dict(self.executed),
             "fault_hits": dict(self.fault_hits),
             "token_replays": self.token_replays,
@@ -141,7 +144,9 @@ class SimulatorState:
         )
         # Mutations and refusals are what a demo watcher wants to see; successful reads (polling) are noise.
         level = logging.INFO if action_name in _MUTATING_ACTIONS or not envelope.ok else logging.DEBUG
-        logger.log(level, "%s %s -> %s %s", action_name, params.get(CALLER_PARAM, "-"), envelope.code, envelope.msg)
+        logger.log(
+            level, "%s %s -> %s %s", action_name, params.get(CALLER_PARAM, "-"), envelope.code, envelope.msg
+        )
         return envelope
 
     async def _answer(self, world: Generation, action_name: str, params: dict[str, str]) -> Envelope:
@@ -169,7 +174,9 @@ class SimulatorState:
                 return outcome.envelope
             # The first call did not act (an injected fault): this one may, unless another repeat got there first.
         entry = world.tokens.begin(token, action, request)
-        outcome = Outcome(_error_envelope(Code.INTERNAL_ERROR, f"{action.value} was interrupted"), cacheable=False)
+        outcome = Outcome(
+            _error_envelope(Code.INTERNAL_ERROR, f"{action.value} was interrupted"), cacheable=False
+        )
         try:
             outcome = await self._execute(world, action, params)
         finally:
@@ -200,8 +207,12 @@ class SimulatorState:
             return Outcome(_error_envelope(refusal.code, refusal.message), cacheable=True)
         except Exception:
             logger.exception("simulator failed on %s %s", action.value, params)
-            return Outcome(_error_envelope(Code.INTERNAL_ERROR, f"internal error in {action.value}"), cacheable=False)
-        return Outcome(Envelope(code=Code.OK, msg=SUCCESS_MSG, request_id=_new_request_id(), data=data), cacheable=True)
+            return Outcome(
+                _error_envelope(Code.INTERNAL_ERROR, f"internal error in {action.value}"), cacheable=False
+            )
+        return Outcome(
+            Envelope(code=Code.OK, msg=SUCCESS_MSG, request_id=_new_request_id(), data=data), cacheable=True
+        )
 
     def counters_json(self) -> dict[str, Any]:
         return self.current.counters_json()
@@ -237,7 +248,8 @@ class ResiduePlant(BaseModel):
 
 def _validation_message(error: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}" for problem in error.errors()
+        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
+        for problem in error.errors()
     )
 
 

@@ -45,8 +45,12 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
             raise ValueError(f"migration file {path.name!r} is not named NNNN_lowercase_name.sql")
         version = int(match["version"])
         if version in migrations:
-            raise ValueError(f"two migration files have version {version}: {migrations[version].name}, {path.name}")
-        migrations[version] = Migration(version=version, name=match["name"], sql=path.read_text(encoding="utf-8"))
+            raise ValueError(
+                f"two migration files have version {version}: {migrations[version].name}, {path.name}"
+            )
+        migrations[version] = Migration(
+            version=version, name=match["name"], sql=path.read_text(encoding="utf-8")
+        )
     return [migrations[v] for v in sorted(migrations)]
 
 
@@ -87,7 +91,9 @@ async def create_pool(
             await init(conn)
 
     with translated_errors("connecting to the database"):
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_with_codecs, **kwargs)
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=init_with_codecs, **kwargs
+        )
     return pool
 
 
@@ -131,12 +137,16 @@ async def _migrate(conn: asyncpg.Connection, migrations: Sequence[Migration]) ->
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
                 # Under the lock too: two sessions racing on CREATE TABLE IF NOT EXISTS can both try.
                 await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
-                done = await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version)
+                done = await conn.fetchval(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1", migration.version
+                )
                 if done:
                     continue
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
                 )
             applied.append(migration.version)
             _log.info("migration applied", version=migration.version, name=migration.name)

@@ -60,7 +60,9 @@ def translated_errors(doing: str) -> Iterator[None]:
     except StoreError:
         raise
     except _UNAVAILABLE as error:
-        raise StoreUnavailable(f"database unavailable while {doing}: {type(error).__name__}: {error}") from error
+        raise StoreUnavailable(
+            f"database unavailable while {doing}: {type(error).__name__}: {error}"
+        ) from error
     except asyncpg.IntegrityConstraintViolationError as error:
         constraint = getattr(error, "constraint_name", None)
         raise StoreConflict(f"{doing} rejected: {error}", constraint=constraint) from error

@@ -302,7 +302,9 @@ class OperationStore:
         )
         args.append(limit)
         rows = await self._fetch(
-            "listing operations", f"SELECT * FROM operations {where} ORDER BY id DESC LIMIT ${len(args)}", *args
+            "listing operations",
+            f"SELECT * FROM operations {where} ORDER BY id DESC LIMIT ${len(args)}",
+            *args,
         )
         return [_operation(row) for row in rows]
 
@@ -334,10 +336,14 @@ class OperationStore:
             entry.dedupe_key,
         )
 
-    async def list_audit(self, *, workflow_id: str | None = None, nc_ip: str | None = None) -> list[AuditRecord]:
+    async def list_audit(
+        self, *, workflow_id: str | None = None, nc_ip: str | None = None
+    ) -> list[AuditRecord]:
         """Entries in the order they were written."""
         where, args = _conditions([("workflow_id = ${}", workflow_id), ("nc_ip = ${}", nc_ip)])
-        rows = await self._fetch("listing audit entries", f"SELECT * FROM audit_log {where} ORDER BY id", *args)
+        rows = await self._fetch(
+            "listing audit entries", f"SELECT * FROM audit_log {where} ORDER BY id", *args
+        )
         return [AuditRecord.model_validate(dict(row)) for row in rows]
 
     # ---- control-plane calls -----------------------------------------------------------------
@@ -360,10 +366,14 @@ class OperationStore:
             call.params,
         )
 
-    async def list_houyi_calls(self, *, caller: str | None = None, action: str | None = None) -> list[HouyiCallRecord]:
+    async def list_houyi_calls(
+        self, *, caller: str | None = None, action: str | None = None
+    ) -> list[HouyiCallRecord]:
         """Calls in the order they were recorded."""
         where, args = _conditions([("caller = ${}", caller), ("action = ${}", action)])
-        rows = await self._fetch("listing houyi calls", f"SELECT * FROM houyi_calls {where} ORDER BY id", *args)
+        rows = await self._fetch(
+            "listing houyi calls", f"SELECT * FROM houyi_calls {where} ORDER BY id", *args
+        )
         return [_houyi_call(row) for row in rows]
 
     # ---- inspection -----------------------------------------------------------------------------

@@ -51,9 +51,9 @@ class SimulatorAdmin:
         raise AssertionError(f"the fleet has no NC in status {status}")
 
 
-async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.1) -> T:
+async def eventually(check: Callable[[], Awaitable[T]], *, within: float = 10.0, interval: float = 0.1) -> T:
     """Polls ``check`` until it returns without an AssertionError (its result), or fails with the last one."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         try:
             return await check()

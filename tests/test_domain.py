@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from domain import errors, transitions
 from domain.model import (
@@ -142,7 +142,7 @@ def test_settings_serialise_back_under_the_products_names() -> None:
     ],
 )
 def test_settings_out_of_range_or_unknown_are_refused_naming_the_setting(
-    model: type, raw: dict[str, object], field: str
+    model: type[BaseModel], raw: dict[str, object], field: str
 ) -> None:
     with pytest.raises(ValidationError) as caught:
         model.model_validate(raw)

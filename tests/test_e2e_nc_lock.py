@@ -196,7 +196,7 @@ async def test_a_worker_killed_during_the_lock_call_locks_exactly_once(
         inflight = (await admin.counters()).get("inflight", {})
         assert inflight.get("lock_nc", 0) >= 1, inflight
 
-    await eventually(lock_in_flight, timeout=30)
+    await eventually(lock_in_flight, within=30)
     assert stack.worker is not None
     stack.worker.kill()
 

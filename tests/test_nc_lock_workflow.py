@@ -54,7 +54,7 @@ def lock_input(nc_ip: str, **overrides: Any) -> dict[str, Any]:
 async def run_lock(env: WorkflowEnvironment, worker: Worker, raw: dict[str, Any]) -> tuple[str, NcLockResult]:
     workflow_id = f"0x410A01-{uuid.uuid4()}"
     result = await env.client.execute_workflow(
-        NcLockWorkflow.run, raw, id=workflow_id, task_queue=worker.task_queue, result_type=NcLockResult
+        NcLockWorkflow.run, raw, id=workflow_id, task_queue=worker.task_queue
     )
     return workflow_id, result
 
@@ -70,6 +70,7 @@ async def refusal_of(
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.non_retryable
+    assert cause.cause is None, "a refusal's message stands alone"
     return workflow_id, cause
 
 

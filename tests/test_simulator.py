@@ -56,7 +56,9 @@ async def migration_outcome(houyi: SimulatorClient, vm_name: str) -> LiveMigrati
     outcome: list[LiveMigrationProgress] = []
 
     async def ended() -> bool:
-        progress = LiveMigrationProgress.model_validate(ok(await houyi.call("get_live_migration_progress", vm_name=vm_name)))
+        progress = LiveMigrationProgress.model_validate(
+            ok(await houyi.call("get_live_migration_progress", vm_name=vm_name))
+        )
         outcome[:] = [progress]
         return progress.state is not MigrationState.RUNNING
 
@@ -82,7 +84,11 @@ def test_every_action_of_the_protocol_has_a_handler() -> None:
 
 async def test_every_answer_is_http_200_with_an_envelope(small_simulator: RunningSimulator) -> None:
     async with aiohttp.ClientSession() as session:
-        for action, body in (("describe_nc", "nc_ip=10.0.0.1"), ("no_such_action", ""), ("lock_nc", "nc_id=100-1")):
+        for action, body in (
+            ("describe_nc", "nc_ip=10.0.0.1"),
+            ("no_such_action", ""),
+            ("lock_nc", "nc_id=100-1"),
+        ):
             async with session.post(f"{small_simulator.url}{PATH_PREFIX}{action}", data=body) as response:
                 assert response.status == 200
                 assert response.headers["Content-Type"].startswith("application/xml")
@@ -94,7 +100,11 @@ async def test_an_unknown_action_is_an_invalid_parameter(houyi: SimulatorClient)
 
 
 async def test_a_mutation_without_client_token_is_refused_and_not_applied(houyi: SimulatorClient) -> None:
-    refused(await houyi.call("lock_nc", nc_id="100-1"), Code.INVALID_PARAMETER, "client_token is required for lock_nc")
+    refused(
+        await houyi.call("lock_nc", nc_id="100-1"),
+        Code.INVALID_PARAMETER,
+        "client_token is required for lock_nc",
+    )
     assert (await houyi.nc("10.0.0.1"))["biz_status"] == "free"
 
 
@@ -107,7 +117,9 @@ async def test_a_missing_or_malformed_parameter_is_named(houyi: SimulatorClient)
         "rate must be a whole number",
     )
     refused(
-        await houyi.call("live_migrate_vm", vm_name="i-plain0000001", no_check_image="maybe", client_token="t3"),
+        await houyi.call(
+            "live_migrate_vm", vm_name="i-plain0000001", no_check_image="maybe", client_token="t3"
+        ),
         Code.INVALID_PARAMETER,
         "no_check_image must be true or false",
     )
@@ -121,15 +133,23 @@ async def test_a_missing_or_malformed_parameter_is_named(houyi: SimulatorClient)
 async def test_unknown_hosts_vms_and_disks_are_not_found(houyi: SimulatorClient) -> None:
     refused(await houyi.call("describe_nc", nc_ip="10.9.9.9"), Code.NOT_FOUND, "nc 10.9.9.9 not found")
     refused(await houyi.call("describe_nc", nc_id="999-9"), Code.NOT_FOUND, "nc 999-9 not found")
-    refused(await houyi.call("lock_nc", nc_id="999-9", client_token="t"), Code.NOT_FOUND, "nc 999-9 not found")
-    refused(await houyi.call("describe_vm", vm_name="i-nosuchvm0001"), Code.NOT_FOUND, "vm i-nosuchvm0001 not found")
+    refused(
+        await houyi.call("lock_nc", nc_id="999-9", client_token="t"), Code.NOT_FOUND, "nc 999-9 not found"
+    )
+    refused(
+        await houyi.call("describe_vm", vm_name="i-nosuchvm0001"),
+        Code.NOT_FOUND,
+        "vm i-nosuchvm0001 not found",
+    )
     refused(await houyi.call("describe_disk", disk_id="d-nope"), Code.NOT_FOUND, "disk d-nope not found")
 
 
 # ---- reads ------------------------------------------------------------------------------------------------
 
 
-async def test_describe_nc_by_ip_or_id_gives_the_host_and_the_vms_placed_on_it(houyi: SimulatorClient) -> None:
+async def test_describe_nc_by_ip_or_id_gives_the_host_and_the_vms_placed_on_it(
+    houyi: SimulatorClient,
+) -> None:
     by_ip = NcDetail.model_validate(ok(await houyi.call("describe_nc", nc_ip="10.0.0.1")))
     by_id = NcDetail.model_validate(ok(await houyi.call("describe_nc", nc_id="100-1")))
     assert by_ip == by_id
@@ -154,7 +174,9 @@ async def test_list_ncs_filters_by_region_and_cluster(houyi: SimulatorClient) ->
 
 
 async def test_lock_goes_from_free_to_mlock_once(houyi: SimulatorClient) -> None:
-    change = NcStatusChange.model_validate(ok(await houyi.call("lock_nc", nc_id="100-1", client_token="lock-1")))
+    change = NcStatusChange.model_validate(
+        ok(await houyi.call("lock_nc", nc_id="100-1", client_token="lock-1"))
+    )
     assert (change.status_before, change.status_after) == (NcBizStatus.FREE, NcBizStatus.MLOCK)
     refused(
         await houyi.call("lock_nc", nc_id="100-1", client_token="lock-2"),
@@ -185,7 +207,9 @@ async def test_set_nc_status_follows_the_operator_transitions(houyi: SimulatorCl
     down = ok(await houyi.call("set_nc_status", nc_id="100-1", status="nc_down", client_token="s1"))
     assert down["status_after"] == "nc_down"
     refused(
-        await houyi.call("lock_nc", nc_id="100-1", client_token="s2"), Code.WRONG_STATE, "is nc_down, cannot lock"
+        await houyi.call("lock_nc", nc_id="100-1", client_token="s2"),
+        Code.WRONG_STATE,
+        "is nc_down, cannot lock",
     )
     back = ok(await houyi.call("set_nc_status", nc_id="100-1", status="free", client_token="s3"))
     assert (back["status_before"], back["status_after"]) == ("nc_down", "free")
@@ -217,7 +241,9 @@ async def wait_power(houyi: SimulatorClient, nc_id: str, state: PowerState) -> N
 
 
 async def test_power_off_is_pending_then_settles_and_leaves_the_host_down(houyi: SimulatorClient) -> None:
-    answer = PowerStatus.model_validate(ok(await houyi.call("oob_power_off", nc_id="100-2", client_token="off")))
+    answer = PowerStatus.model_validate(
+        ok(await houyi.call("oob_power_off", nc_id="100-2", client_token="off"))
+    )
     assert answer.power_state is PowerState.PENDING_OFF
     assert await power(houyi, "100-2") is PowerState.PENDING_OFF
     refused(
@@ -232,13 +258,19 @@ async def test_power_off_is_pending_then_settles_and_leaves_the_host_down(houyi:
     # Powering it off killed the residues that were left on it.
     assert host["residues"] == []
 
-    assert ok(await houyi.call("oob_power_on", nc_id="100-2", client_token="on"))["power_state"] == "pending_on"
+    assert (
+        ok(await houyi.call("oob_power_on", nc_id="100-2", client_token="on"))["power_state"] == "pending_on"
+    )
     await wait_power(houyi, "100-2", PowerState.ON)
     assert (await houyi.nc("100-2"))["biz_status"] == "nc_down"
 
 
-async def test_power_cycle_passes_both_pending_states_and_counts_vms_it_killed(houyi: SimulatorClient) -> None:
-    seen: list[PowerState] = [PowerState(ok(await houyi.call("oob_power_cycle", nc_id="100-1", client_token="c"))["power_state"])]
+async def test_power_cycle_passes_both_pending_states_and_counts_vms_it_killed(
+    houyi: SimulatorClient,
+) -> None:
+    seen: list[PowerState] = [
+        PowerState(ok(await houyi.call("oob_power_cycle", nc_id="100-1", client_token="c"))["power_state"])
+    ]
 
     async def back_on() -> bool:
         state = await power(houyi, "100-1")
@@ -258,7 +290,9 @@ async def test_a_powered_off_host_cannot_be_power_cycled_or_listed(houyi: Simula
     refused(await houyi.call("list_vm_processes", nc_id="100-2"), Code.WRONG_STATE, "not powered on")
     await wait_power(houyi, "100-2", PowerState.OFF)
     refused(
-        await houyi.call("oob_power_cycle", nc_id="100-2", client_token="cycle"), Code.WRONG_STATE, "powered off"
+        await houyi.call("oob_power_cycle", nc_id="100-2", client_token="cycle"),
+        Code.WRONG_STATE,
+        "powered off",
     )
     refused(
         await houyi.call("set_nc_status", nc_id="100-2", status="free", client_token="online"),
@@ -279,7 +313,9 @@ async def test_a_powered_off_host_cannot_be_power_cycled_or_listed(houyi: Simula
         ("i-oldv33000001", "created_before_v3.3_not_restarted"),
     ],
 )
-async def test_a_vm_with_a_blocker_cannot_be_live_migrated(houyi: SimulatorClient, vm_name: str, reason: str) -> None:
+async def test_a_vm_with_a_blocker_cannot_be_live_migrated(
+    houyi: SimulatorClient, vm_name: str, reason: str
+) -> None:
     refused(
         await houyi.call("live_migrate_vm", vm_name=vm_name, client_token=f"m-{vm_name}"),
         Code.UNSUPPORTED,
@@ -294,7 +330,11 @@ async def test_an_unsupported_image_is_refused_unless_forced(houyi: SimulatorCli
         Code.UNSUPPORTED,
         "image not supported",
     )
-    ok(await houyi.call("live_migrate_vm", vm_name="i-badimage0001", no_check_image=True, rate=1000, client_token="m2"))
+    ok(
+        await houyi.call(
+            "live_migrate_vm", vm_name="i-badimage0001", no_check_image=True, rate=1000, client_token="m2"
+        )
+    )
 
 
 async def test_high_load_on_the_source_is_throttled_unless_bypassed(houyi: SimulatorClient) -> None:
@@ -305,13 +345,19 @@ async def test_high_load_on_the_source_is_throttled_unless_bypassed(houyi: Simul
         Code.THROTTLED,
         "load too high",
     )
-    ok(await houyi.call("live_migrate_vm", vm_name="i-plain0000001", no_check_load=True, rate=1000, client_token="m2"))
+    ok(
+        await houyi.call(
+            "live_migrate_vm", vm_name="i-plain0000001", no_check_load=True, rate=1000, client_token="m2"
+        )
+    )
 
 
 async def test_downtime_must_be_between_200_and_2000_ms(houyi: SimulatorClient) -> None:
     for downtime in (199, 2001):
         refused(
-            await houyi.call("live_migrate_vm", vm_name="i-plain0000001", downtime=downtime, client_token=f"d{downtime}"),
+            await houyi.call(
+                "live_migrate_vm", vm_name="i-plain0000001", downtime=downtime, client_token=f"d{downtime}"
+            ),
             Code.INVALID_PARAMETER,
             "downtime",
         )
@@ -340,7 +386,9 @@ async def test_a_given_target_must_be_able_to_host_the_vm(
     houyi: SimulatorClient, target: str, code: Code, reason: str
 ) -> None:
     refused(
-        await houyi.call("live_migrate_vm", vm_name="i-plain0000001", nc_id=target, client_token=f"m-{target}"),
+        await houyi.call(
+            "live_migrate_vm", vm_name="i-plain0000001", nc_id=target, client_token=f"m-{target}"
+        ),
         code,
         reason,
     )
@@ -367,7 +415,11 @@ async def test_a_live_migration_moves_the_vm_and_its_capacity(houyi: SimulatorCl
     assert running.state is MigrationState.RUNNING and 0 <= running.progress_pct < 100
 
     done = await migration_outcome(houyi, "i-plain0000001")
-    assert (done.state, done.progress_pct, done.migration_id) == (MigrationState.SUCCEEDED, 100, task.migration_id)
+    assert (done.state, done.progress_pct, done.migration_id) == (
+        MigrationState.SUCCEEDED,
+        100,
+        task.migration_id,
+    )
     vm = await vm_record(houyi, "i-plain0000001")
     assert (vm.nc_id, vm.status) == ("100-2", VmStatus.RUNNING)
     target = NcDetail.model_validate(ok(await houyi.call("describe_nc", nc_id="100-2")))
@@ -382,7 +434,9 @@ async def test_the_scheduler_reports_no_capacity(houyi: SimulatorClient) -> None
     for nc_id in ("100-2", "100-6"):
         ok(await houyi.call("lock_nc", nc_id=nc_id, client_token=f"lock-{nc_id}"))
     refused(
-        await houyi.call("live_migrate_vm", vm_name="i-plain0000001", client_token="m"), Code.WRONG_STATE, "no capacity"
+        await houyi.call("live_migrate_vm", vm_name="i-plain0000001", client_token="m"),
+        Code.WRONG_STATE,
+        "no capacity",
     )
 
 
@@ -398,19 +452,27 @@ async def test_a_vm_dirtying_memory_faster_than_the_rate_times_out_and_stays(hou
 async def test_a_running_migration_can_be_cancelled_and_the_vm_stays(houyi: SimulatorClient) -> None:
     ok(await houyi.call("live_migrate_vm", vm_name="i-huge00000001", rate=1, client_token="m"))
     refused(
-        await houyi.call("cancel_live_migrate_vm", region_id="cn-hz-d02", vm_name="i-huge00000001", client_token="c0"),
+        await houyi.call(
+            "cancel_live_migrate_vm", region_id="cn-hz-d02", vm_name="i-huge00000001", client_token="c0"
+        ),
         Code.NOT_FOUND,
         "not found in region cn-hz-d02",
     )
     assert Ack.model_validate(
-        ok(await houyi.call("cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-huge00000001", client_token="c1"))
+        ok(
+            await houyi.call(
+                "cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-huge00000001", client_token="c1"
+            )
+        )
     ).done
     progress = ok(await houyi.call("get_live_migration_progress", vm_name="i-huge00000001"))
     assert progress["state"] == "cancelled"
     vm = await vm_record(houyi, "i-huge00000001")
     assert (vm.nc_id, vm.status) == ("100-1", VmStatus.RUNNING)
     refused(
-        await houyi.call("cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-huge00000001", client_token="c2"),
+        await houyi.call(
+            "cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-huge00000001", client_token="c2"
+        ),
         Code.WRONG_STATE,
         "no running live migration",
     )
@@ -420,7 +482,9 @@ async def test_a_finished_migration_cannot_be_cancelled(houyi: SimulatorClient) 
     ok(await houyi.call("live_migrate_vm", vm_name="i-plain0000001", rate=1000, client_token="m"))
     await migration_outcome(houyi, "i-plain0000001")
     refused(
-        await houyi.call("cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-plain0000001", client_token="c"),
+        await houyi.call(
+            "cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-plain0000001", client_token="c"
+        ),
         Code.WRONG_STATE,
         "no running live migration",
     )
@@ -430,7 +494,9 @@ async def test_a_stuck_migration_refuses_cancel_until_changed_by_hand(houyi: Sim
     await houyi.inject(action="live_migrate_vm", kind="stuck", count=1)
     task = ok(await houyi.call("live_migrate_vm", vm_name="i-plain0000001", rate=1000, client_token="m"))
     refused(
-        await houyi.call("cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-plain0000001", client_token="c"),
+        await houyi.call(
+            "cancel_live_migrate_vm", region_id="cn-qd-d01", vm_name="i-plain0000001", client_token="c"
+        ),
         Code.WRONG_STATE,
         "migration cannot be cancelled",
     )
@@ -438,7 +504,10 @@ async def test_a_stuck_migration_refuses_cancel_until_changed_by_hand(houyi: Sim
     assert progress["state"] == "running"
     refused(
         await houyi.call(
-            "manually_change_migration_status", vm_name="i-plain0000001", region_id="cn-qd-d01", where="100-6",
+            "manually_change_migration_status",
+            vm_name="i-plain0000001",
+            region_id="cn-qd-d01",
+            where="100-6",
             client_token="w0",
         ),
         Code.UNSUPPORTED,
@@ -447,8 +516,11 @@ async def test_a_stuck_migration_refuses_cancel_until_changed_by_hand(houyi: Sim
     change = VmStatusChange.model_validate(
         ok(
             await houyi.call(
-                "manually_change_migration_status", vm_name="i-plain0000001", region_id="cn-qd-d01",
-                where=task["target_nc_id"], client_token="w1",
+                "manually_change_migration_status",
+                vm_name="i-plain0000001",
+                region_id="cn-qd-d01",
+                where=task["target_nc_id"],
+                client_token="w1",
             )
         )
     )
@@ -456,8 +528,11 @@ async def test_a_stuck_migration_refuses_cancel_until_changed_by_hand(houyi: Sim
     assert (await vm_record(houyi, "i-plain0000001")).nc_id == task["target_nc_id"]
     refused(
         await houyi.call(
-            "manually_change_migration_status", vm_name="i-plain0000001", region_id="cn-qd-d01",
-            where=task["target_nc_id"], client_token="w2",
+            "manually_change_migration_status",
+            vm_name="i-plain0000001",
+            region_id="cn-qd-d01",
+            where=task["target_nc_id"],
+            client_token="w2",
         ),
         Code.WRONG_STATE,
         "not migrating",
@@ -483,8 +558,13 @@ async def test_cold_migration_moves_a_stopped_vm_and_applies_after(houyi: Simula
     change = VmStatusChange.model_validate(
         ok(
             await houyi.call(
-                "cold_migrate_vm", vm_name="i-stopped00001", nc_id="100-5", after="start", boot_mode="repair",
-                reason="host repair", client_token="cm",
+                "cold_migrate_vm",
+                vm_name="i-stopped00001",
+                nc_id="100-5",
+                after="start",
+                boot_mode="repair",
+                reason="host repair",
+                client_token="cm",
             )
         )
     )
@@ -493,7 +573,9 @@ async def test_cold_migration_moves_a_stopped_vm_and_applies_after(houyi: Simula
     assert (await houyi.nc("100-5"))["counters"]["cold_migrations_in"] == 1
 
 
-async def test_cold_migration_without_target_picks_a_free_host_and_keeps_the_state(houyi: SimulatorClient) -> None:
+async def test_cold_migration_without_target_picks_a_free_host_and_keeps_the_state(
+    houyi: SimulatorClient,
+) -> None:
     change = ok(await houyi.call("cold_migrate_vm", vm_name="i-gpu000000001", client_token="cm"))
     assert change["nc_id"] in {"100-2", "100-3", "100-5", "100-6"} and change["status"] == "running"
 
@@ -508,9 +590,17 @@ async def test_cold_migration_refuses_a_migrating_vm(houyi: SimulatorClient) -> 
 
 
 async def test_start_and_stop_follow_the_vm_status(houyi: SimulatorClient) -> None:
-    refused(await houyi.call("start_vm", vm_name="i-plain0000001", client_token="s0"), Code.WRONG_STATE, "cannot start")
+    refused(
+        await houyi.call("start_vm", vm_name="i-plain0000001", client_token="s0"),
+        Code.WRONG_STATE,
+        "cannot start",
+    )
     assert ok(await houyi.call("stop_vm", vm_name="i-plain0000001", client_token="s1"))["status"] == "stopped"
-    refused(await houyi.call("stop_vm", vm_name="i-plain0000001", client_token="s2"), Code.WRONG_STATE, "cannot stop")
+    refused(
+        await houyi.call("stop_vm", vm_name="i-plain0000001", client_token="s2"),
+        Code.WRONG_STATE,
+        "cannot stop",
+    )
     started = ok(await houyi.call("start_vm", vm_name="i-plain0000001", client_token="s3"))
     assert (started["nc_id"], started["status"]) == ("100-1", "running")
 
@@ -529,7 +619,10 @@ async def test_processes_are_the_vms_that_run_there_plus_residues(houyi: Simulat
     assert all(p.state is ProcessState.RUNNING and p.guest_active for p in source.values())
     residues = await processes(houyi, "100-2")
     assert residues.keys() == {"i-plain0000002", "i-released0001"}
-    assert residues["i-plain0000002"].state is ProcessState.PAUSED and not residues["i-plain0000002"].guest_active
+    assert (
+        residues["i-plain0000002"].state is ProcessState.PAUSED
+        and not residues["i-plain0000002"].guest_active
+    )
 
 
 async def test_destroying_a_residue_is_counted_as_such(houyi: SimulatorClient) -> None:
@@ -558,21 +651,35 @@ async def test_destroying_the_authoritative_copy_is_obeyed_but_counted(houyi: Si
 
 async def test_ri_reservations_have_deterministic_ids_and_release_once(houyi: SimulatorClient) -> None:
     first = RiReservation.model_validate(
-        ok(await houyi.call("reserve_ri_capacity", cluster_id="ECS-CPU-A-8976", vcpu=8, memory_gib=32, client_token="r1"))
+        ok(
+            await houyi.call(
+                "reserve_ri_capacity", cluster_id="ECS-CPU-A-8976", vcpu=8, memory_gib=32, client_token="r1"
+            )
+        )
     )
-    second = ok(await houyi.call("reserve_ri_capacity", cluster_id="ECS-CPU-A-8976", vcpu=8, memory_gib=32, client_token="r2"))
+    second = ok(
+        await houyi.call(
+            "reserve_ri_capacity", cluster_id="ECS-CPU-A-8976", vcpu=8, memory_gib=32, client_token="r2"
+        )
+    )
     assert (first.reservation_id, second["reservation_id"]) == ("ri-000001", "ri-000002")
     refused(
-        await houyi.call("reserve_ri_capacity", cluster_id="ECS-CPU-A-8976", vcpu=10_000, memory_gib=1, client_token="r3"),
+        await houyi.call(
+            "reserve_ri_capacity", cluster_id="ECS-CPU-A-8976", vcpu=10_000, memory_gib=1, client_token="r3"
+        ),
         Code.WRONG_STATE,
         "insufficient capacity",
     )
     refused(
-        await houyi.call("reserve_ri_capacity", cluster_id="ECS-NOPE", vcpu=1, memory_gib=1, client_token="r4"),
+        await houyi.call(
+            "reserve_ri_capacity", cluster_id="ECS-NOPE", vcpu=1, memory_gib=1, client_token="r4"
+        ),
         Code.NOT_FOUND,
         "cluster ECS-NOPE not found",
     )
-    assert Ack.model_validate(ok(await houyi.call("release_ri_capacity", reservation_id="ri-000001", client_token="x1"))).done
+    assert Ack.model_validate(
+        ok(await houyi.call("release_ri_capacity", reservation_id="ri-000001", client_token="x1"))
+    ).done
     refused(
         await houyi.call("release_ri_capacity", reservation_id="ri-000001", client_token="x2"),
         Code.WRONG_STATE,
@@ -581,8 +688,16 @@ async def test_ri_reservations_have_deterministic_ids_and_release_once(houyi: Si
 
 
 async def test_events_and_notifications_are_kept(houyi: SimulatorClient) -> None:
-    ok(await houyi.call("publish_event", nc_id="100-1", event="NcDown", detail="reboot", caller="wf-9", client_token="e"))
-    ok(await houyi.call("notify", target="oncall", message="host 10.0.0.1 rebooted", caller="wf-9", client_token="n"))
+    ok(
+        await houyi.call(
+            "publish_event", nc_id="100-1", event="NcDown", detail="reboot", caller="wf-9", client_token="e"
+        )
+    )
+    ok(
+        await houyi.call(
+            "notify", target="oncall", message="host 10.0.0.1 rebooted", caller="wf-9", client_token="n"
+        )
+    )
     refused(await houyi.call("publish_event", nc_id="999-1", event="x", client_token="e2"), Code.NOT_FOUND)
     events = (await houyi.get("/admin/events"))["events"]
     assert [(e["kind"], e["caller"]) for e in events] == [("event", "wf-9"), ("notification", "wf-9")]
@@ -602,13 +717,30 @@ async def test_dump_cn_memory_gives_a_dump_id(houyi: SimulatorClient) -> None:
 async def test_admin_lists_every_host_and_details_one(houyi: SimulatorClient) -> None:
     ncs = await houyi.get("/admin/ncs")
     assert len(ncs) == 7
-    assert set(ncs[0]) == {"nc_id", "nc_ip", "region_id", "zone_id", "cluster_id", "biz_status", "power_state"}
+    assert set(ncs[0]) == {
+        "nc_id",
+        "nc_ip",
+        "region_id",
+        "zone_id",
+        "cluster_id",
+        "biz_status",
+        "power_state",
+    }
     host = await houyi.nc("10.0.0.2")
     assert host["nc"]["nc_id"] == "100-2" and host["power_state"] == "on"
     assert {r["vm_id"] for r in host["residues"]} == {"i-plain0000002", "i-released0001"}
     assert set(host["counters"]) >= {
-        "lock_applied", "unlock_applied", "status_changes", "power_offs", "power_ons", "power_cycles",
-        "power_offs_with_vms", "migrations_in", "migrations_out", "residues_destroyed", "authoritative_destroyed",
+        "lock_applied",
+        "unlock_applied",
+        "status_changes",
+        "power_offs",
+        "power_ons",
+        "power_cycles",
+        "power_offs_with_vms",
+        "migrations_in",
+        "migrations_out",
+        "residues_destroyed",
+        "authoritative_destroyed",
     }
     assert (await houyi.admin("GET", "/admin/ncs/10.9.9.9"))[0] == 404
     assert (await houyi.admin("GET", "/admin/vms/i-nosuchvm0001"))[0] == 404
@@ -618,10 +750,14 @@ async def test_admin_lists_every_host_and_details_one(houyi: SimulatorClient) ->
 
 
 async def test_admin_can_plant_a_residue_but_not_on_the_vms_own_host(houyi: SimulatorClient) -> None:
-    status, _ = await houyi.admin("POST", "/admin/residues", json={"nc_id": "100-6", "vm_id": "i-plain0000001"})
+    status, _ = await houyi.admin(
+        "POST", "/admin/residues", json={"nc_id": "100-6", "vm_id": "i-plain0000001"}
+    )
     assert status == 201
     assert "i-plain0000001" in [r["vm_id"] for r in (await houyi.nc("100-6"))["residues"]]
-    status, body = await houyi.admin("POST", "/admin/residues", json={"nc_id": "100-1", "vm_id": "i-plain0000001"})
+    status, body = await houyi.admin(
+        "POST", "/admin/residues", json={"nc_id": "100-1", "vm_id": "i-plain0000001"}
+    )
     assert status == 409 and "not a residue" in body["error"]
 
 

@@ -78,7 +78,9 @@ def test_the_demo_fleet_has_the_size_and_mix_the_demos_need() -> None:
     for nc_id in fleet.ncs:
         detail = fleet.describe_nc(nc_id=nc_id)
         assert detail.nc.vcpu_used == sum(vm.vcpu for vm in detail.vms) <= detail.nc.vcpu_total
-        assert detail.nc.memory_gib_used == sum(vm.memory_gib for vm in detail.vms) <= detail.nc.memory_gib_total
+        assert (
+            detail.nc.memory_gib_used == sum(vm.memory_gib for vm in detail.vms) <= detail.nc.memory_gib_total
+        )
 
     disks = list(fleet.disks.values())
     categories = Counter(disk.category for disk in disks)
@@ -132,7 +134,11 @@ def test_a_fleet_file_rejects_unknown_keys_bad_ids_and_overcommitted_hosts() -> 
     bad_id["vms"][0]["vm_id"] = "I-UPPER"
     overcommitted = small_fleet()
     overcommitted["vms"][0]["vcpu"] = 500
-    for fleet, problem in ((typo, "biz_stauts"), (bad_id, "not an instance id"), (overcommitted, "more than its")):
+    for fleet, problem in (
+        (typo, "biz_stauts"),
+        (bad_id, "not an instance id"),
+        (overcommitted, "more than its"),
+    ):
         with pytest.raises(ValidationError, match=problem):
             FleetFile.model_validate(fleet)
 
@@ -190,7 +196,9 @@ def test_capacity_held_for_a_running_migration_is_not_given_twice() -> None:
 def _cold_migration_targets(seed: int) -> list[str]:
     fleet = Fleet.load(seed=seed, clock=FakeClock())
     movable = sorted(
-        vm.vm_id for vm in fleet.vms.values() if vm.status is VmStatus.STOPPED and fleet.ncs[vm.nc_id].biz_status.schedulable
+        vm.vm_id
+        for vm in fleet.vms.values()
+        if vm.status is VmStatus.STOPPED and fleet.ncs[vm.nc_id].biz_status.schedulable
     )[:10]
     return [fleet.cold_migrate_vm(vm_id).nc_id for vm_id in movable]
 
@@ -245,8 +253,15 @@ async def test_the_cli_serves_until_sigterm(tmp_path: Path, unused_tcp_port: int
     fleet_path.write_text(json.dumps(small_fleet()), encoding="utf-8")
     env = {**os.environ, "HOUYI_SIM_PORT": str(unused_tcp_port), "HOUYI_SIM_SPEED": "25"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator", "--fleet", str(fleet_path),
-        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "simulator",
+        "--fleet",
+        str(fleet_path),
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         assert process.stdout is not None

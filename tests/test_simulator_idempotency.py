@@ -66,7 +66,9 @@ async def test_a_repeat_during_the_first_call_waits_for_it_and_acts_once(houyi: 
     assert first_answer.code == Code.OK and repeat_answer == first_answer
     assert await lock_applied(houyi) == 1
     counters = await houyi.counters()
-    assert counters["executed"]["lock_nc"] == 1 and counters["token_replays"] == 1 and counters["inflight"] == {}
+    assert (
+        counters["executed"]["lock_nc"] == 1 and counters["token_replays"] == 1 and counters["inflight"] == {}
+    )
 
 
 async def test_an_injected_error_is_not_remembered_so_the_retry_acts(houyi: SimulatorClient) -> None:
@@ -155,7 +157,9 @@ async def test_bad_faults_are_refused_with_a_reason(houyi: SimulatorClient) -> N
 
 async def test_faults_can_be_listed_and_cleared(houyi: SimulatorClient) -> None:
     status, added = await houyi.admin(
-        "POST", "/admin/faults", json=[{"action": "lock_nc"}, {"action": "stop_vm", "kind": "hang", "hang_seconds": 1}]
+        "POST",
+        "/admin/faults",
+        json=[{"action": "lock_nc"}, {"action": "stop_vm", "kind": "hang", "hang_seconds": 1}],
     )
     assert status == 201 and [f["fault_id"] for f in added["faults"]] == [1, 2]
     assert len((await houyi.get("/admin/faults"))["faults"]) == 2

@@ -77,7 +77,8 @@ async def test_migrations_apply_in_order_once_and_a_second_run_applies_nothing(d
         assert await migrate(conn) == []
         recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
         tables = {
-            row["tablename"] for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            row["tablename"]
+            for row in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
     finally:
         await conn.close()
@@ -121,7 +122,9 @@ async def test_a_failing_migration_rolls_back_whole_and_keeps_the_earlier_ones(d
 # ---- operations ---------------------------------------------------------------------------------
 
 
-async def test_recording_an_operation_returns_the_stored_row_in_the_validating_state(store: OperationStore) -> None:
+async def test_recording_an_operation_returns_the_stored_row_in_the_validating_state(
+    store: OperationStore,
+) -> None:
     record = await store.record_operation(new_operation("wf-1"))
 
     assert record.id > 0
@@ -140,7 +143,9 @@ async def test_recording_the_same_workflow_twice_keeps_one_row_and_does_not_over
     store: OperationStore,
 ) -> None:
     first = await store.record_operation(new_operation("wf-1"))
-    again = await store.record_operation(new_operation("wf-1", requester="bob", reason="retried", run_id="run-2"))
+    again = await store.record_operation(
+        new_operation("wf-1", requester="bob", reason="retried", run_id="run-2")
+    )
 
     assert again == first
     assert (await store.count_rows())["operations"] == 1
@@ -153,7 +158,9 @@ async def test_recording_the_same_workflow_concurrently_keeps_one_row(store: Ope
     assert (await store.count_rows())["operations"] == 1
 
 
-async def test_recording_a_known_workflow_id_under_another_opscode_is_a_conflict(store: OperationStore) -> None:
+async def test_recording_a_known_workflow_id_under_another_opscode_is_a_conflict(
+    store: OperationStore,
+) -> None:
     await store.record_operation(new_operation("wf-1"))
 
     with pytest.raises(StoreConflict, match="already recorded as opscode 0x410A01"):
@@ -202,9 +209,13 @@ async def test_a_final_state_stamps_finished_at_and_stores_the_result(store: Ope
 
 async def test_setting_the_same_final_state_again_changes_nothing(store: OperationStore) -> None:
     await store.record_operation(new_operation("wf-1"))
-    failed = await store.set_operation_state("wf-1", OpsState.FAILED, error_type="HouyiUnavailable", error_message="down")
+    failed = await store.set_operation_state(
+        "wf-1", OpsState.FAILED, error_type="HouyiUnavailable", error_message="down"
+    )
 
-    again = await store.set_operation_state("wf-1", OpsState.FAILED, error_type="Other", error_message="later")
+    again = await store.set_operation_state(
+        "wf-1", OpsState.FAILED, error_type="Other", error_message="later"
+    )
 
     assert again == failed
 
@@ -234,7 +245,9 @@ async def test_a_failed_step_retried_back_to_running_clears_its_error_and_keeps_
     assert running.finished_at is None
 
 
-async def test_setting_the_state_of_an_unknown_workflow_raises_operation_not_found(store: OperationStore) -> None:
+async def test_setting_the_state_of_an_unknown_workflow_raises_operation_not_found(
+    store: OperationStore,
+) -> None:
     with pytest.raises(OperationNotFound):
         await store.set_operation_state("never-started", OpsState.RUNNING)
 
@@ -284,7 +297,9 @@ async def test_an_audit_entry_with_a_dedupe_key_is_written_once(store: Operation
 
 
 async def test_audit_entries_without_a_dedupe_key_are_all_written(store: OperationStore) -> None:
-    refusal = AuditEntry(action="refuse", result=AuditResult.REFUSED, nc_ip=HOST_A, error_type="NcWrongStatus")
+    refusal = AuditEntry(
+        action="refuse", result=AuditResult.REFUSED, nc_ip=HOST_A, error_type="NcWrongStatus"
+    )
 
     await store.record_audit(refusal)
     await store.record_audit(refusal)
@@ -294,8 +309,12 @@ async def test_audit_entries_without_a_dedupe_key_are_all_written(store: Operati
 
 async def test_audit_entries_are_listed_by_workflow_and_host_in_write_order(store: OperationStore) -> None:
     at = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
-    await store.record_audit(AuditEntry(action="lock_nc", result=AuditResult.OK, workflow_id="wf-1", nc_ip=HOST_A))
-    await store.record_audit(AuditEntry(action="approve", result=AuditResult.OK, workflow_id="wf-2", nc_ip=HOST_B))
+    await store.record_audit(
+        AuditEntry(action="lock_nc", result=AuditResult.OK, workflow_id="wf-1", nc_ip=HOST_A)
+    )
+    await store.record_audit(
+        AuditEntry(action="approve", result=AuditResult.OK, workflow_id="wf-2", nc_ip=HOST_B)
+    )
     await store.record_audit(
         AuditEntry(action="unlock_nc", result=AuditResult.FAILED, workflow_id="wf-1", nc_ip=HOST_A, at=at)
     )
@@ -373,15 +392,21 @@ async def test_count_rows_counts_every_table_and_reads_leave_it_unchanged(store:
 
 async def test_a_missing_socket_directory_raises_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable, match="database unavailable"):
-        await OperationStore.connect("postgresql://postgres:@/opsflow?host=/nonexistent/opsflow-socket", timeout=2)
+        await OperationStore.connect(
+            "postgresql://postgres:@/opsflow?host=/nonexistent/opsflow-socket", timeout=2
+        )
 
 
 async def test_a_closed_port_raises_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
-        await OperationStore.connect(f"postgresql://postgres:@127.0.0.1:{closed_tcp_port()}/opsflow", timeout=2)
+        await OperationStore.connect(
+            f"postgresql://postgres:@127.0.0.1:{closed_tcp_port()}/opsflow", timeout=2
+        )
 
 
-async def test_an_exhausted_pool_raises_store_unavailable_after_the_acquire_timeout(database_url: str) -> None:
+async def test_an_exhausted_pool_raises_store_unavailable_after_the_acquire_timeout(
+    database_url: str,
+) -> None:
     store = await OperationStore.connect(database_url, min_size=1, max_size=1, acquire_timeout=0.2)
     try:
         async with store.pool.acquire():
@@ -400,7 +425,9 @@ async def test_a_closed_store_raises_store_unavailable(database_url: str) -> Non
         await store.record_operation(new_operation("wf-1"))
 
 
-async def test_a_connection_the_server_terminates_mid_query_is_reported_unavailable(database_url: str) -> None:
+async def test_a_connection_the_server_terminates_mid_query_is_reported_unavailable(
+    database_url: str,
+) -> None:
     victim, admin = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
     try:
         pid = await victim.fetchval("SELECT pg_backend_pid()")

@@ -49,9 +49,9 @@ def test_the_database_url_setting_wins_over_the_embedded_server(tmp_path: Path) 
 
 
 def test_without_a_database_url_the_embedded_server_is_used() -> None:
-    assert resolve_database_url(Settings(database_url=None, data_dir=TEST_DATA_DIR)) == start_embedded_postgres(
-        TEST_DATA_DIR
-    )
+    assert resolve_database_url(
+        Settings(database_url=None, data_dir=TEST_DATA_DIR)
+    ) == start_embedded_postgres(TEST_DATA_DIR)
 
 
 def test_importing_and_starting_the_embedded_server_warns_about_nothing() -> None:

@@ -174,7 +174,8 @@ class NcLockWorkflow:
             params=params,
         )
         self._set_state(OpsState.REFUSED)
-        raise ApplicationError(message, type=error_type, non_retryable=True)
+        # The message says all; the activity failure or parse error it came from would only repeat it.
+        raise ApplicationError(message, type=error_type, non_retryable=True) from None
 
     async def _finish_failed(self, request: NcLockInput, state: OpsState, failure: BaseException) -> None:
         error_type = cause_type(failure) or type(failure).__name__

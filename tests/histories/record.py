@@ -1,0 +1,95 @@
+"""Records the workflow histories that tests/test_replay.py replays.
+
+    .venv/bin/python -m tests.histories.record
+
+Runs each workflow path once on the time-skipping server against the simulator (demo fleet) and an
+embedded PostgreSQL, and writes ``<name>.json`` beside this file. Re-record only on purpose: a history
+recorded by an older version of a workflow is what proves the new version still replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from houyi.http_client import HttpHouyiClient
+from runtime import search_attributes
+from simulator.server import start_simulator
+from store.db import url_with_database
+from store.embedded import start_embedded_postgres
+from store.repository import OperationStore
+from tests.fixtures.pg import TEST_DATA_DIR
+from tests.fixtures.temporal import installed_binary
+from tests.helpers import SimulatorAdmin
+from worker import build_worker
+
+HERE = Path(__file__).parent
+
+
+def lock_input(nc_ip: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "nc_ip": nc_ip,
+        "requester": "alice",
+        "reason_category": "hardware",
+        "ticket": "CHG-1",
+        **overrides,
+    }
+
+
+async def record(client: Client, task_queue: str, name: str, raw: Any) -> None:
+    workflow_id = f"record-{name}-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow("NcLock", raw, id=workflow_id, task_queue=task_queue)
+    try:
+        await handle.result()
+    except WorkflowFailureError:
+        pass
+    history = await handle.fetch_history()
+    (HERE / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    print(f"recorded {name} ({len(history.events)} events)")
+
+
+async def main() -> None:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=installed_binary("temporal-test-server"),
+    )
+    await search_attributes.register(env.client)
+    simulator = await start_simulator(speed=1000)
+    admin = SimulatorAdmin(simulator.url)
+    server_url = start_embedded_postgres(TEST_DATA_DIR)
+    database = f"record_{uuid.uuid4().hex}"
+    store = await OperationStore.connect(server_url)
+    await store.pool.execute(f'CREATE DATABASE "{database}"')
+    await store.close()
+    store = await OperationStore.connect(url_with_database(server_url, database))
+    task_queue = f"record-{uuid.uuid4()}"
+    try:
+        async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
+            async with build_worker(env.client, task_queue, houyi=houyi, store=store):
+                free = await admin.first_nc("free")
+                locked = await admin.first_nc("mlock")
+                await record(env.client, task_queue, "nc_lock_succeeded", lock_input(free["nc_ip"]))
+                await record(
+                    env.client, task_queue, "nc_lock_refused_wrong_status", lock_input(locked["nc_ip"])
+                )
+                await record(
+                    env.client, task_queue, "nc_lock_refused_invalid_input", lock_input("10.1.2.999")
+                )
+                other = await admin.first_nc("free", exclude={free["nc_ip"]})
+                await admin.inject(action="lock_nc", code=409, message="nc is mlock, cannot lock", count=1)
+                await record(env.client, task_queue, "nc_lock_failed_lock_race", lock_input(other["nc_ip"]))
+    finally:
+        await store.close()
+        await simulator.stop()
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,60 @@
+"""Histories recorded from real runs (tests/histories/, see record.py) must replay on today's workflow code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
+
+from activities.nc import LockNcInput, NcActivities
+from workflows.common import HOUYI_WRITE
+from workflows.nc_lock import NcLockWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def load(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, path.read_text())
+
+
+def test_every_workflow_path_has_a_recorded_history() -> None:
+    assert {p.stem for p in HISTORIES} >= {
+        "nc_lock_succeeded",
+        "nc_lock_refused_wrong_status",
+        "nc_lock_refused_invalid_input",
+        "nc_lock_failed_lock_race",
+    }
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_recorded_history_replays(path: Path) -> None:
+    replayer = Replayer(workflows=[NcLockWorkflow], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.stem}: {result.replay_failure}"
+
+
+@workflow.defn(name="NcLock")
+class NcLockWithoutPrecheck:
+    """NcLock changed without ``workflow.patched``: it locks before describing the host."""
+
+    @workflow.run
+    async def run(self, raw_input: Any) -> None:
+        await workflow.execute_activity_method(
+            NcActivities.lock_nc,
+            LockNcInput(
+                caller=workflow.info().workflow_id, step="LockNc", nc_id="1-1", nc_ip=raw_input["nc_ip"]
+            ),
+            **HOUYI_WRITE,
+        )
+
+
+async def test_a_change_without_patched_fails_replay() -> None:
+    replayer = Replayer(workflows=[NcLockWithoutPrecheck], data_converter=pydantic_data_converter)
+    with pytest.raises(NondeterminismError):
+        await replayer.replay_workflow(load(Path(__file__).parent / "histories" / "nc_lock_succeeded.json"))
