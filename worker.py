@@ -16,7 +16,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.nc import NcActivities
+from activities.lifecycle import LifecycleActivities
+from activities.nc import DEFAULT_POWER_POLL_SECONDS, NcActivities
 from activities.operations import OperationActivities
 from houyi.http_client import HttpHouyiClient
 from houyi.port import HouyiPort
@@ -26,23 +27,42 @@ from runtime.logging import configure_logging
 from runtime.temporal import connect, runtime_with_prometheus
 from store.embedded import resolve_database_url
 from store.repository import OperationStore
+from workflows.nc_forced_reboot import NcForcedRebootWorkflow
 from workflows.nc_lock import NcLockWorkflow
+from workflows.nc_re_online import NcReOnlineWorkflow
 
 log = structlog.get_logger("worker")
 
-WORKFLOWS: Sequence[type] = (NcLockWorkflow,)
+WORKFLOWS: Sequence[type] = (NcLockWorkflow, NcForcedRebootWorkflow, NcReOnlineWorkflow)
 
 
-def activities_for(houyi: HouyiPort, store: OperationStore) -> list[Any]:
+def activities_for(
+    client: Client,
+    houyi: HouyiPort,
+    store: OperationStore,
+    *,
+    power_poll_seconds: float = DEFAULT_POWER_POLL_SECONDS,
+) -> list[Any]:
     """Every activity, bound to its injected clients."""
-    nc = NcActivities(houyi)
+    nc = NcActivities(houyi, power_poll_seconds=power_poll_seconds)
     operations = OperationActivities(store)
+    lifecycle = LifecycleActivities(store, houyi, client)
     return [
         nc.describe_nc,
         nc.lock_nc,
+        nc.unlock_nc,
+        nc.set_nc_status,
+        nc.dump_cn_memory,
+        nc.power_cycle_nc,
+        nc.wait_power_settled,
         operations.record_operation,
         operations.finish_operation,
         operations.record_audit,
+        lifecycle.load_policy,
+        lifecycle.acquire_lease,
+        lifecycle.release_lease,
+        lifecycle.admit,
+        lifecycle.check_capacity,
     ]
 
 
@@ -54,12 +74,13 @@ def build_worker(
     store: OperationStore,
     max_concurrent_activities: int = 100,
     max_concurrent_workflow_tasks: int = 100,
+    power_poll_seconds: float = DEFAULT_POWER_POLL_SECONDS,
 ) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities_for(houyi, store),
+        activities=activities_for(client, houyi, store, power_poll_seconds=power_poll_seconds),
         max_concurrent_activities=max_concurrent_activities,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -92,6 +113,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             store=store,
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+            power_poll_seconds=settings.power_poll_seconds,
         )
         log.info(
             "worker started",

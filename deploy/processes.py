@@ -405,6 +405,7 @@ def worker_env(
     metrics_port: int,
     task_queue: str = DEFAULT_TASK_QUEUE,
     namespace: str = "default",
+    power_poll_seconds: float = 1.0,
 ) -> dict[str, str]:
     """The environment ``worker.py`` reads (runtime/config.py); ``metrics_port=0`` disables metrics."""
     return {
@@ -414,6 +415,8 @@ def worker_env(
         "HOUYI_URL": houyi_url,
         "WORKER_METRICS_PORT": str(metrics_port),
         "OPSFLOW_TASK_QUEUE": task_queue,
+        # The simulator settles OOB power in seconds; the product's 60 s poll would only slow the demo.
+        "OPSFLOW_POWER_POLL_SECONDS": f"{power_poll_seconds:g}",
     }
 
 

@@ -25,22 +25,20 @@ HOUYI_PROTOCOL: Final = "HouyiProtocolError"
 
 # Outcomes checked after an action.
 ACTION_NOT_APPLIED: Final = "ActionNotApplied"
+POWER_NOT_SETTLED: Final = "PowerNotSettled"
+
+# Lifecycle: leases, manual reports, approvals, operator commands.
+HOST_BUSY: Final = "HostBusy"
+MANUAL_REPORT_NOT_ALLOWED: Final = "ManualReportNotAllowed"
+APPROVER_NOT_ALLOWED: Final = "ApproverNotAllowed"
+SELF_APPROVAL: Final = "SelfApproval"
+DUPLICATE_VOTE: Final = "DuplicateVote"
+NOT_PENDING_APPROVAL: Final = "NotPendingApproval"
+STEP_NOT_WAITING: Final = "StepNotWaiting"
+STEP_NOT_SKIPPABLE: Final = "StepNotSkippable"
+OPERATION_ABORTED: Final = "OperationAborted"
+OPERATION_FAILED: Final = "OperationFailed"
 
 # Store.
 STORE_UNAVAILABLE: Final = "StoreUnavailable"
 STORE_CONFLICT: Final = "StoreConflict"
-
-NON_RETRYABLE_REFUSALS: Final = frozenset(
-    {
-        INVALID_INPUT,
-        INVALID_SETTINGS,
-        UNKNOWN_OPSCODE,
-        NC_NOT_FOUND,
-        VM_NOT_FOUND,
-        NC_WRONG_STATUS,
-        HOUYI_INVALID_PARAMETER,
-        HOUYI_NOT_FOUND,
-        HOUYI_WRONG_STATE,
-        HOUYI_UNSUPPORTED,
-    }
-)

@@ -6,11 +6,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from domain import errors
 from domain.model import NcBizStatus, NcIp
-from domain.settings import NcLockSettings
+from domain.opscodes import OpsCode
+from domain.settings import NcForcedRebootSettings, NcLockSettings, NcReOnlineSettings
 
 
 class ReasonCategory(StrEnum):
@@ -44,7 +45,7 @@ class OpsState(StrEnum):
     REJECTED = "Rejected"
     ABANDONED = "Abandoned"
     CANCELLED = "Cancelled"
-    TIMED_OUT = "TimedOut"
+    EXPIRED = "Expired"
 
     @property
     def final(self) -> bool:
@@ -68,6 +69,35 @@ class OperationRequest(BaseModel):
     ticket: str | None = Field(default=None, max_length=128)
     source: OperationSource = OperationSource.MANUAL
 
+    @property
+    def hosts(self) -> list[str]:
+        return [self.nc_ip]
+
+
+class MultiHostRequest(BaseModel):
+    """The fields an operation on several hosts at once shares (``nc_ips`` instead of ``nc_ip``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nc_ips: list[NcIp] = Field(min_length=1, max_length=200)
+    requester: str = Field(min_length=1, max_length=128)
+    reason_category: ReasonCategory
+    reason: str = Field(default="", max_length=2000)
+    ticket: str | None = Field(default=None, max_length=128)
+    source: OperationSource = OperationSource.MANUAL
+
+    @field_validator("nc_ips")
+    @classmethod
+    def _distinct(cls, nc_ips: list[str]) -> list[str]:
+        repeated = sorted({ip for ip in nc_ips if nc_ips.count(ip) > 1})
+        if repeated:
+            raise ValueError(f"hosts listed more than once: {', '.join(repeated)}")
+        return nc_ips
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.nc_ips)
+
 
 class NcLockInput(OperationRequest):
     """Input of ``NcLock`` (0x410A01), as typed in the Temporal UI."""
@@ -75,16 +105,46 @@ class NcLockInput(OperationRequest):
     settings: NcLockSettings = Field(default_factory=NcLockSettings)
 
 
-class NcLockResult(BaseModel):
-    operation_id: int
-    workflow_id: str
+class NcForcedRebootInput(OperationRequest):
+    """Input of ``NcForcedReboot`` (0x400012)."""
+
+    settings: NcForcedRebootSettings = Field(default_factory=NcForcedRebootSettings)
+
+
+class NcReOnlineInput(MultiHostRequest):
+    """Input of ``NcReOnline`` (0x400011): one or many hosts."""
+
+    settings: NcReOnlineSettings = Field(default_factory=NcReOnlineSettings)
+
+
+class HostOutcomeKind(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    ABANDONED = "abandoned"
+    UNTOUCHED = "untouched"
+
+
+class HostOutcome(BaseModel):
     nc_ip: str
     nc_id: str
     region_id: str
     cluster_id: str
     status_before: NcBizStatus
-    status_after: NcBizStatus
+    status_after: NcBizStatus | None = None
+    outcome: HostOutcomeKind = HostOutcomeKind.UNTOUCHED
+    message: str = ""
+
+
+class OperationResult(BaseModel):
+    """What every operation returns: how it ended, and what happened to each host."""
+
+    operation_id: int | None
+    workflow_id: str
+    opscode: OpsCode
     state: OpsState
+    hosts: list[HostOutcome]
+    message: str = ""
     finished_at: datetime
 
 

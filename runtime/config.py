@@ -37,6 +37,7 @@ class Settings(BaseModel):
     max_concurrent_activities: int = Field(default=100, ge=1)
     max_concurrent_workflow_tasks: int = Field(default=100, ge=1)
     log_level: str = "INFO"
+    power_poll_seconds: float = Field(default=60.0, gt=0)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -52,4 +53,5 @@ class Settings(BaseModel):
             max_concurrent_activities=_env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100),
             max_concurrent_workflow_tasks=_env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100),
             log_level=_env("OPSFLOW_LOG_LEVEL", "INFO"),
+            power_poll_seconds=float(_env("OPSFLOW_POWER_POLL_SECONDS", "60")),
         )

@@ -9,7 +9,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
-from temporalio import activity
+from temporalio import activity, workflow
 
 from domain.opscodes import CATALOG
 
@@ -74,5 +74,8 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The SDK's loggers also append their context to the message; it is in the fields already.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     # aiohttp's access log would repeat every Houyi call; the call audit already keeps them.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

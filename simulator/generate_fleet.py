@@ -20,7 +20,7 @@ from typing import Any
 from simulator.fleet import FleetFile, pangu_path
 
 DEFAULT_SEED = 20240607
-NCS_PER_CLUSTER = 12
+NCS_PER_CLUSTER = 20
 HOSTS_PER_RACK = 4
 
 _ALNUM = string.ascii_lowercase + string.digits

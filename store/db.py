@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ import asyncpg
 import structlog
 from pydantic import BaseModel
 
-from store.errors import translated_errors
+from store.errors import StoreUnavailable, translated_errors
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -95,6 +96,22 @@ async def create_pool(
             url, min_size=min_size, max_size=max_size, init=init_with_codecs, **kwargs
         )
     return pool
+
+
+@asynccontextmanager
+async def pooled_connection(
+    pool: asyncpg.Pool, doing: str, *, acquire_timeout: float
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from ``pool`` with the driver's errors translated to the store's (store.errors).
+
+    Raises ``StoreUnavailable`` when no connection frees up within ``acquire_timeout`` seconds.
+    """
+    # A closed pool means this worker is shutting down: another worker's retry can still succeed.
+    if pool.is_closing():
+        raise StoreUnavailable(f"the store is closed; not {doing}")
+    with translated_errors(doing):
+        async with pool.acquire(timeout=acquire_timeout) as conn:
+            yield conn
 
 
 def url_with_database(url: str, database: str) -> str:

@@ -1,5 +1,8 @@
 """The operation store: the event list, the audit log and the control-plane call log, in PostgreSQL.
 
+Flow control, approval policies and host leases live in ``store.lifecycle``; ``OperationStore.lifecycle``
+hands out that store on the same pool, so callers are given one object.
+
 Every write is safe to repeat, because activities that call it are retried: an operation is keyed by its
 workflow id, an audit entry may carry a dedupe key, and a final state is never rewritten.
 """
@@ -19,8 +22,9 @@ from domain.model import NcIp
 from domain.operations import OperationSource, OpsState, ReasonCategory
 from domain.opscodes import OpsCode
 from houyi.port import HouyiCallRecord
-from store.db import create_pool, migrate
-from store.errors import OperationNotFound, StoreConflict, StoreUnavailable, translated_errors
+from store.db import create_pool, migrate, pooled_connection
+from store.errors import OperationNotFound, StoreConflict
+from store.lifecycle import LifecycleStore
 
 # The tables count_rows reports, i.e. everything the service writes (not schema_migrations).
 TABLES = (
@@ -30,6 +34,10 @@ TABLES = (
     "flow_control_rules",
     "flow_control_admissions",
     "approval_policies",
+    "storm_breakers",
+    "capacity_guards",
+    "approver_groups",
+    "host_leases",
 )
 
 _FINAL_STATES = [state.value for state in OpsState if state.final]
@@ -140,6 +148,7 @@ class OperationStore:
     def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> None:
         self._pool = pool
         self._acquire_timeout = acquire_timeout
+        self._lifecycle = LifecycleStore(pool, acquire_timeout=acquire_timeout)
 
     @classmethod
     async def connect(cls, url: str, *, acquire_timeout: float = 10.0, **pool_kwargs: Any) -> OperationStore:
@@ -159,14 +168,15 @@ class OperationStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    @property
+    def lifecycle(self) -> LifecycleStore:
+        """Flow control, approval policies and host leases, on the same pool."""
+        return self._lifecycle
+
     @asynccontextmanager
     async def _connection(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        # A closed pool means this worker is shutting down: another worker's retry can still succeed.
-        if self._pool.is_closing():
-            raise StoreUnavailable(f"the store is closed; not {doing}")
-        with translated_errors(doing):
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                yield conn
+        async with pooled_connection(self._pool, doing, acquire_timeout=self._acquire_timeout) as conn:
+            yield conn
 
     async def _execute(self, doing: str, query: str, *args: Any) -> None:
         async with self._connection(doing) as conn:

@@ -20,7 +20,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from deploy import processes
-from domain.operations import NcLockResult, OpsState
+from domain.operations import OperationResult, OpsState
 from store.repository import OperationStore
 from tests.fixtures.temporal import installed_binary
 from tests.helpers import SimulatorAdmin, eventually
@@ -114,8 +114,9 @@ async def test_the_readme_cli_example_locks_a_host(
     result_text = await asyncio.to_thread(
         stack.temporal_cli, "workflow", "result", "--workflow-id", workflow_id, "--output", "json"
     )
-    result = NcLockResult.model_validate(json.loads(result_text)["result"])
-    assert (result.nc_ip, result.status_before.value, result.status_after.value) == (
+    result = OperationResult.model_validate(json.loads(result_text)["result"])
+    (outcome,) = result.hosts
+    assert (outcome.nc_ip, outcome.status_before.value, outcome.status_after) == (
         nc["nc_ip"],
         "free",
         "mlock",
@@ -127,10 +128,13 @@ async def test_the_readme_cli_example_locks_a_host(
     operation = await store_view.get_operation(workflow_id)
     assert operation is not None and operation.state is OpsState.SUCCEEDED
     assert [(a.action, a.result.value) for a in await store_view.list_audit(workflow_id=workflow_id)] == [
-        ("lock_nc", "ok")
+        ("LockNc", "ok"),
+        ("CheckLocked", "ok"),
+        ("finish", "ok"),
     ]
     assert [c.action for c in await store_view.list_houyi_calls(caller=workflow_id)] == [
         "describe_nc",
+        "list_ncs",
         "lock_nc",
         "describe_nc",
     ]
@@ -151,7 +155,7 @@ async def test_the_readme_cli_example_locks_a_host(
         for line in (stack.log_dir / "worker.log").read_text().splitlines()
         if line.startswith("{")
     ]
-    for event in ("nc locked", "locking nc"):
+    for event in ("nc locked", "lock mlock: calling houyi"):
         line = next(
             entry
             for entry in lines
@@ -189,7 +193,7 @@ async def test_a_worker_killed_during_the_lock_call_locks_exactly_once(
         json.loads(readme_input(nc["nc_ip"])),
         id=workflow_id,
         task_queue=stack.task_queue,
-        result_type=NcLockResult,
+        result_type=OperationResult,
     )
 
     async def lock_in_flight() -> None:
@@ -202,7 +206,7 @@ async def test_a_worker_killed_during_the_lock_call_locks_exactly_once(
 
     await stack.start_worker()
     result = await asyncio.wait_for(handle.result(), timeout=90)
-    assert result.status_after.value == "mlock"
+    assert result.hosts[0].status_after == "mlock"
 
     host = await admin.nc(nc["nc_ip"])
     assert host["counters"]["lock_applied"] == 1, "the retried lock must replay, not lock again"

@@ -14,12 +14,12 @@ from temporalio.worker import Worker
 
 from domain import errors
 from domain.model import NcBizStatus
-from domain.operations import NcLockResult, OpsState
+from domain.operations import HostOutcomeKind, OperationResult, OpsState
 from houyi.http_client import HttpHouyiClient
 from store.repository import OperationStore
 from tests.helpers import SimulatorAdmin
 from worker import build_worker
-from workflows.common import OperationStatus
+from workflows.lifecycle import OperationStatus
 from workflows.nc_lock import NcLockWorkflow
 
 
@@ -51,7 +51,9 @@ def lock_input(nc_ip: str, **overrides: Any) -> dict[str, Any]:
     return raw
 
 
-async def run_lock(env: WorkflowEnvironment, worker: Worker, raw: dict[str, Any]) -> tuple[str, NcLockResult]:
+async def run_lock(
+    env: WorkflowEnvironment, worker: Worker, raw: dict[str, Any]
+) -> tuple[str, OperationResult]:
     workflow_id = f"0x410A01-{uuid.uuid4()}"
     result = await env.client.execute_workflow(
         NcLockWorkflow.run, raw, id=workflow_id, task_queue=worker.task_queue
@@ -80,10 +82,12 @@ async def test_a_free_host_is_locked_recorded_and_audited(
     nc = await admin.first_nc("free")
     workflow_id, result = await run_lock(time_skipping_env, lock_worker, lock_input(nc["nc_ip"]))
 
-    assert (result.nc_ip, result.nc_id, result.state) == (nc["nc_ip"], nc["nc_id"], OpsState.SUCCEEDED)
-    assert (result.status_before, result.status_after) == (NcBizStatus.FREE, NcBizStatus.MLOCK)
-    host = await admin.nc(nc["nc_ip"])
-    assert host["biz_status"] == "mlock" and host["counters"]["lock_applied"] == 1
+    assert result.state is OpsState.SUCCEEDED
+    (host,) = result.hosts
+    assert (host.nc_ip, host.nc_id, host.outcome) == (nc["nc_ip"], nc["nc_id"], HostOutcomeKind.SUCCEEDED)
+    assert (host.status_before, host.status_after) == (NcBizStatus.FREE, NcBizStatus.MLOCK)
+    state = await admin.nc(nc["nc_ip"])
+    assert state["biz_status"] == "mlock" and state["counters"]["lock_applied"] == 1
 
     operation = await store.get_operation(workflow_id)
     assert operation is not None and operation.id == result.operation_id
@@ -95,17 +99,22 @@ async def test_a_free_host_is_locked_recorded_and_audited(
         nc["region_id"],
     )
     assert operation.settings["alertRuleName"] == "hardware_exception_alarm"
-    assert operation.result is not None and operation.result["status_after"] == "mlock"
+    assert operation.result is not None and operation.result["hosts"][0]["status_after"] == "mlock"
 
     audit = await store.list_audit(workflow_id=workflow_id)
-    assert [(a.action, a.result.value, a.operator) for a in audit] == [("lock_nc", "ok", "alice")]
+    assert [(a.action, a.result.value, a.operator) for a in audit] == [
+        ("LockNc", "ok", "alice"),
+        ("CheckLocked", "ok", "alice"),
+        ("finish", "ok", "alice"),
+    ]
     calls = await store.list_houyi_calls(caller=workflow_id)
     assert [(c.action, c.code) for c in calls] == [
         ("describe_nc", 200),
+        ("list_ncs", 200),  # the capacity guard counts the cluster's schedulable hosts
         ("lock_nc", 200),
         ("describe_nc", 200),
     ]
-    assert calls[1].token == f"{workflow_id}/LockNc"
+    assert calls[2].token == f"{workflow_id}/LockNc"
 
 
 async def test_status_query_and_search_attributes_describe_the_operation(
@@ -114,10 +123,16 @@ async def test_status_query_and_search_attributes_describe_the_operation(
     nc = await admin.first_nc("free")
     workflow_id, _ = await run_lock(time_skipping_env, lock_worker, lock_input(nc["nc_ip"]))
     handle = time_skipping_env.client.get_workflow_handle(workflow_id)
-    status = await handle.query(NcLockWorkflow.status)
+    status = await handle.query(NcLockWorkflow.query_status)
     assert isinstance(status, OperationStatus)
-    assert (status.state, status.nc_ip, status.nc_id) == (OpsState.SUCCEEDED, nc["nc_ip"], nc["nc_id"])
-    assert status.status_after is NcBizStatus.MLOCK
+    assert status.state is OpsState.SUCCEEDED
+    assert (status.hosts[0].nc_ip, status.hosts[0].nc_id) == (nc["nc_ip"], nc["nc_id"])
+    assert [(s.name, s.status.value, s.start_count) for s in status.steps] == [
+        ("LockNc", "succeeded", 1),
+        ("CheckLocked", "succeeded", 1),
+    ]
+    assert status.outcomes[0].status_after is NcBizStatus.MLOCK
+    assert "| LockNc | succeeded | 1 |" in status.markdown()
     attributes = (await handle.describe()).search_attributes
     assert attributes["OpsCode"] == ["0x410A01"] and attributes["NcIp"] == [nc["nc_ip"]]
     assert attributes["OpsState"] == ["Succeeded"] and attributes["Requester"] == ["alice"]
@@ -188,28 +203,10 @@ async def test_throttled_lock_is_retried_and_applied_once(
     nc = await admin.first_nc("free")
     await admin.inject(action="lock_nc", code=429, message="distribute lock fail", count=2)
     workflow_id, result = await run_lock(time_skipping_env, lock_worker, lock_input(nc["nc_ip"]))
-    assert result.status_after is NcBizStatus.MLOCK
+    assert result.hosts[0].status_after is NcBizStatus.MLOCK
     assert (await admin.nc(nc["nc_ip"]))["counters"]["lock_applied"] == 1
     codes = [c.code for c in await store.list_houyi_calls(caller=workflow_id, action="lock_nc")]
     assert codes == [429, 429, 200]
-
-
-async def test_a_lock_lost_to_a_race_fails_the_operation_and_records_it(
-    time_skipping_env: WorkflowEnvironment, lock_worker: Worker, admin: SimulatorAdmin, store: OperationStore
-) -> None:
-    # Another actor locks the host between our check and our lock: Houyi answers wrong state.
-    nc = await admin.first_nc("free")
-    await admin.inject(action="lock_nc", code=409, message=f"nc {nc['nc_id']} is mlock, cannot lock", count=1)
-    workflow_id = f"0x410A01-{uuid.uuid4()}"
-    with pytest.raises(WorkflowFailureError):
-        await time_skipping_env.client.execute_workflow(
-            NcLockWorkflow.run, lock_input(nc["nc_ip"]), id=workflow_id, task_queue=lock_worker.task_queue
-        )
-    operation = await store.get_operation(workflow_id)
-    assert operation is not None and operation.state is OpsState.FAILED
-    assert operation.error_type == errors.HOUYI_WRONG_STATE and "mlock" in (operation.error_message or "")
-    audit = await store.list_audit(workflow_id=workflow_id)
-    assert [(a.action, a.result.value) for a in audit] == [("lock_nc", "failed")]
 
 
 async def assert_only_refusal_recorded(

@@ -371,8 +371,12 @@ async def test_jsonb_values_round_trip_as_python_values(store: OperationStore) -
 # ---- inspection -----------------------------------------------------------------------------------
 
 
+# What the migrations seed: the recommended flow control and approval rows and the '*' defaults.
+SEEDED_ROWS = {"flow_control_rules": 8, "approval_policies": 7, "storm_breakers": 1, "capacity_guards": 1}
+
+
 async def test_count_rows_counts_every_table_and_reads_leave_it_unchanged(store: OperationStore) -> None:
-    assert await store.count_rows() == dict.fromkeys(TABLES, 0)
+    assert await store.count_rows() == {**dict.fromkeys(TABLES, 0), **SEEDED_ROWS}
 
     await store.record_operation(new_operation("wf-1"))
     await store.record_audit(AuditEntry(action="lock_nc", result=AuditResult.OK, workflow_id="wf-1"))
@@ -384,7 +388,13 @@ async def test_count_rows_counts_every_table_and_reads_leave_it_unchanged(store:
     await store.list_houyi_calls()
 
     assert await store.count_rows() == before
-    assert before == {**dict.fromkeys(TABLES, 0), "operations": 1, "audit_log": 1, "houyi_calls": 1}
+    assert before == {
+        **dict.fromkeys(TABLES, 0),
+        **SEEDED_ROWS,
+        "operations": 1,
+        "audit_log": 1,
+        "houyi_calls": 1,
+    }
 
 
 # ---- unavailability -------------------------------------------------------------------------------

@@ -5,13 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
-
-from domain.model import NcBizStatus
-from domain.operations import OpsState
-from domain.opscodes import OpsCode
 
 # Reads are cheap and safe to repeat.
 HOUYI_READ: dict[str, Any] = {
@@ -34,6 +29,14 @@ HOUYI_WRITE: dict[str, Any] = {
     ),
 }
 
+# A step's mutation: a few attempts, then the step fails and waits for an operator (lifecycle.step).
+HOUYI_STEP: dict[str, Any] = {
+    **HOUYI_WRITE,
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5
+    ),
+}
+
 # The store may be briefly down (a failover): keep retrying for a while, writes are idempotent.
 STORE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
@@ -42,34 +45,6 @@ STORE: dict[str, Any] = {
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
 }
-
-
-class OperationStatus(BaseModel):
-    """What the ``status`` query answers and the UI's current details show."""
-
-    opscode: OpsCode
-    state: OpsState
-    operation_id: int | None = None
-    nc_ip: str | None = None
-    nc_id: str | None = None
-    requester: str | None = None
-    status_before: NcBizStatus | None = None
-    status_after: NcBizStatus | None = None
-    error: str | None = None
-
-    def markdown(self, title: str) -> str:
-        rows = [
-            ("opscode", f"{self.opscode.value} {title}"),
-            ("state", self.state.value),
-            ("host", f"{self.nc_ip or '-'} ({self.nc_id or '?'})"),
-            ("requester", self.requester or "-"),
-            ("status before", self.status_before.value if self.status_before else "-"),
-            ("status after", self.status_after.value if self.status_after else "-"),
-        ]
-        if self.error:
-            rows.append(("error", self.error.replace("|", "\\|")))
-        lines = ["| field | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]
-        return "\n".join(lines)
 
 
 def cause_type(failure: BaseException) -> str | None:

@@ -1,0 +1,920 @@
+"""The lifecycle every operation goes through, in one place.
+
+    validate -> plan -> host lease -> record -> flow control -> approval gate -> steps -> finish
+
+An opscode's workflow subclasses ``OperationWorkflow`` and supplies only its input model, its plan (what
+it will touch, read from Houyi) and its steps. Everything else here is shared: refusals, leases, flow
+control and the storm breaker, the capacity guard, approvals by signal or update, the step table with
+operator retry / skip / abort, compensation on cancel, and the record in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from activities.lifecycle import (
+        CapacityRequest,
+        LeaseRelease,
+        LeaseRequest,
+        LifecycleActivities,
+        OperationPolicy,
+        PolicyRequest,
+    )
+    from activities.nc import DescribeNcInput, NcActivities
+    from activities.operations import OperationActivities, OperationFinished
+    from domain import errors
+    from domain.model import NcDetail
+    from domain.operations import (
+        HostOutcome,
+        HostOutcomeKind,
+        InputRefused,
+        OperationResult,
+        OperationSource,
+        OpsState,
+        parse_input,
+    )
+    from domain.opscodes import CATALOG, OpsCode, OpsCodeSpec
+    from runtime import search_attributes as sa
+    from store.lifecycle import AdmissionRequest, AdmissionVerdict
+    from store.repository import AuditEntry, AuditResult, NewOperation
+    from workflows.common import HOUYI_READ, STORE, cause_type
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+T = TypeVar("T")
+
+# How long a failed step waits for an operator before the operation ends as failed.
+STEP_FAILED_TIMEOUT = timedelta(hours=24)
+
+
+# ---- what the status query, the UI's current details and the result show ------------------------------
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    WAITING = "waiting"
+    SKIPPED = "skipped"
+
+
+class StepRecord(BaseModel):
+    """One row of the product's step table."""
+
+    name: str
+    skippable: bool = False
+    status: StepStatus = StepStatus.PENDING
+    start_count: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    elapsed_seconds: float | None = None
+    message: str = ""
+
+
+class PlannedHost(BaseModel):
+    nc_ip: str
+    nc_id: str
+    region_id: str
+    cluster_id: str
+    biz_status: str
+    power_state: str
+    vm_count: int
+    running_vm_count: int
+
+
+class Vote(BaseModel):
+    approver: str
+    approve: bool
+    comment: str = ""
+    at: datetime
+
+
+class OperationStatus(BaseModel):
+    """What the ``status`` query answers; ``markdown()`` is the UI's current details."""
+
+    opscode: OpsCode
+    title: str
+    state: OpsState
+    operation_id: int | None = None
+    requester: str | None = None
+    source: OperationSource | None = None
+    hosts: list[PlannedHost] = Field(default_factory=list)
+    plan: list[str] = Field(default_factory=list)
+    approval_reasons: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(default_factory=list)
+    min_approvals: int = 0
+    approval_deadline: datetime | None = None
+    votes: list[Vote] = Field(default_factory=list)
+    steps: list[StepRecord] = Field(default_factory=list)
+    refused_messages: list[str] = Field(default_factory=list)
+    outcomes: list[HostOutcome] = Field(default_factory=list)
+    error: str | None = None
+
+    def markdown(self) -> str:
+        lines = [f"**{self.opscode.value} {self.title}**: {self.state.value}", ""]
+        if self.error:
+            lines += [f"> {self.error}", ""]
+        if self.hosts:
+            lines += [
+                "| host | nc_id | region | cluster | status | power | VMs (running) |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {h.nc_ip} | {h.nc_id} | {h.region_id} | {h.cluster_id} | {h.biz_status} | {h.power_state} "
+                f"| {h.vm_count} ({h.running_vm_count}) |"
+                for h in self.hosts
+            ]
+            lines.append("")
+        lines += [f"- {line}" for line in self.plan]
+        if self.state is OpsState.PENDING_APPROVAL:
+            lines += [
+                "",
+                f"Waiting for {self.min_approvals} approval(s) from {', '.join(self.approvers) or 'nobody'}"
+                f" until {self.approval_deadline:%Y-%m-%d %H:%M} UTC"
+                if self.approval_deadline
+                else "",
+                *[f"- because {reason}" for reason in self.approval_reasons],
+                'Send signal `approve` or `reject` with `{"approver": "<you>", "comment": "..."}`.',
+            ]
+        if self.votes:
+            lines += [
+                "",
+                *[
+                    f"- {'approved' if v.approve else 'rejected'} by {v.approver}: {v.comment}"
+                    for v in self.votes
+                ],
+            ]
+        if self.steps:
+            lines += [
+                "",
+                "| step | status | starts | started | ended | elapsed | message |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for step in self.steps:
+                started = f"{step.started_at:%H:%M:%S}" if step.started_at else ""
+                ended = f"{step.ended_at:%H:%M:%S}" if step.ended_at else ""
+                elapsed = f"{step.elapsed_seconds:.1f} s" if step.elapsed_seconds is not None else ""
+                message = step.message.replace("|", "\\|")
+                lines.append(
+                    f"| {step.name} | {step.status.value} | {step.start_count} | {started} | {ended} | {elapsed} | {message} |"
+                )
+        if self.state is OpsState.STEP_FAILED:
+            lines += [
+                "",
+                'Send signal `retry_step`, `skip_step` (skippable steps) or `abort` with `{"operator": "<you>", "step": "<name>"}`.',
+            ]
+        return "\n".join(lines)
+
+
+# ---- signal and update payloads ------------------------------------------------------------------------
+
+
+class ApprovalInput(BaseModel):
+    """Payload of the ``approve`` / ``reject`` signals, as typed in the Temporal UI."""
+
+    approver: str = Field(min_length=1)
+    comment: str = ""
+
+
+class DecisionInput(BaseModel):
+    """Payload of the ``decide`` update."""
+
+    approver: str = Field(min_length=1)
+    approve: bool
+    comment: str = ""
+
+
+class DecisionResult(BaseModel):
+    state: OpsState
+    approvals: int
+    needed: int
+
+
+class StepCommand(StrEnum):
+    RETRY = "retry_step"
+    SKIP = "skip_step"
+    ABORT = "abort"
+
+
+class StepCommandInput(BaseModel):
+    """Payload of the ``retry_step`` / ``skip_step`` / ``abort`` signals; ``step`` may be left out when one
+    step is waiting."""
+
+    operator: str = Field(min_length=1)
+    step: str | None = None
+    comment: str = ""
+
+
+class OperateInput(StepCommandInput):
+    """Payload of the ``operate`` update: the same commands, refused at once when they cannot apply."""
+
+    command: StepCommand
+
+
+class OperateResult(BaseModel):
+    step: str
+    command: StepCommand
+
+
+# ---- how an operation ends early -------------------------------------------------------------------------
+
+
+class OperationEnded(Exception):
+    """Ends the operation in ``state`` (abandoned, rejected, expired, failed) without failing the workflow task."""
+
+    def __init__(self, state: OpsState, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+        self.message = message
+        self.error_type = error_type
+
+
+class OperationWorkflow(Generic[RequestT]):
+    """Base of every opscode workflow. Subclasses set ``OPSCODE`` and ``INPUT`` and implement ``plan`` and
+    ``execute``; their ``@workflow.run`` method is ``return await self.lifecycle(raw_input)``."""
+
+    OPSCODE: ClassVar[OpsCode]
+    INPUT: ClassVar[type[BaseModel]]
+
+    def __init__(self) -> None:
+        self.spec: OpsCodeSpec = CATALOG[self.OPSCODE]
+        self.status = OperationStatus(opscode=self.OPSCODE, title=self.spec.title, state=OpsState.VALIDATING)
+        self.details: dict[str, NcDetail] = {}
+        self._request: RequestT | None = None
+        self._policy: OperationPolicy | None = None
+        self._leased: list[str] = []
+        self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        self._commands: dict[str, tuple[StepCommand, StepCommandInput]] = {}
+        self._handler_lock = asyncio.Lock()
+        self._raw_hosts: list[str] = []
+        self._audit_seq = 0
+
+    # ---- hooks for the opscode ---------------------------------------------------------------------
+
+    async def plan(self, request: RequestT) -> list[str]:
+        """Reads the hosts (``self.describe``), refuses what cannot be done (``self.refuse``), declares the
+        steps (``self.declare_steps``) and returns the plan's lines."""
+        raise NotImplementedError
+
+    async def execute(self, request: RequestT) -> None:
+        """Runs the steps (``self.step``) and fills ``self.status.outcomes``."""
+        raise NotImplementedError
+
+    # ---- the lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def request(self) -> RequestT:
+        assert self._request is not None
+        return self._request
+
+    @property
+    def workflow_id(self) -> str:
+        return workflow.info().workflow_id
+
+    async def lifecycle(self, raw_input: Any) -> OperationResult:
+        self._note_raw_hosts(raw_input)
+        self._publish()
+        try:
+            self._request = parse_input(self.INPUT, raw_input)  # type: ignore[assignment]
+        except InputRefused as refusal:
+            await self.refuse(refusal.error_type, str(refusal), params={"input": raw_input})
+        request = self.request
+        self.status.requester = request.requester  # type: ignore[attr-defined]
+        self.status.source = request.source  # type: ignore[attr-defined]
+        workflow.upsert_search_attributes([sa.REQUESTER.value_set(self.status.requester or "")])
+
+        policy = await workflow.execute_activity_method(
+            LifecycleActivities.load_policy, PolicyRequest(opscode=self.OPSCODE), **STORE
+        )
+        self._policy = policy
+        if self.status.source is OperationSource.MANUAL and not policy.policy.allow_manual_report:
+            await self.refuse(
+                errors.MANUAL_REPORT_NOT_ALLOWED,
+                f"opscode {self.OPSCODE.value} does not allow manual report; it runs only from alerts",
+            )
+        self.status.plan = await self.plan(request)
+        self._publish()
+        await self._acquire_leases()
+        try:
+            return await self._run_admitted(request)
+        finally:
+            await self._release_leases()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _run_admitted(self, request: RequestT) -> OperationResult:
+        started = await workflow.execute_activity_method(
+            OperationActivities.record_operation, self._new_operation(), **STORE
+        )
+        self.status.operation_id = started.operation_id
+        try:
+            await self._admit()
+            await self._approval_gate()
+            self._set_state(OpsState.RUNNING)
+            await self.execute(request)
+        except OperationEnded as ended:
+            result = await self._finish(ended.state, ended.message, error_type=ended.error_type)
+            if ended.state is OpsState.FAILED:
+                # A failed operation fails its workflow; the per-host outcomes travel in the error's details.
+                raise ApplicationError(
+                    ended.message,
+                    result.model_dump(mode="json"),
+                    type=ended.error_type or errors.OPERATION_FAILED,
+                    non_retryable=True,
+                ) from None
+            # Abandoned, rejected, expired: decisions not to act, so the workflow completes with them.
+            return result
+        except asyncio.CancelledError:
+            await self._compensate()
+            await self._finish(OpsState.CANCELLED, "cancelled", error_type="Cancelled")
+            raise
+        except (ActivityError, ApplicationError) as failure:
+            message = (
+                str(failure.cause) if isinstance(failure, ActivityError) and failure.cause else str(failure)
+            )
+            await self._finish(
+                OpsState.FAILED, message, error_type=cause_type(failure) or type(failure).__name__
+            )
+            raise
+        return await self._finish(OpsState.SUCCEEDED, "")
+
+    # ---- validation, plan, refusal -------------------------------------------------------------------
+
+    def _note_raw_hosts(self, raw_input: Any) -> None:
+        """Shows the host before validation, so even a refused operation can be found by host."""
+        if isinstance(raw_input, dict):
+            ips = raw_input.get("nc_ips") or [raw_input.get("nc_ip")]
+            if isinstance(ips, list):
+                self._raw_hosts = [ip.strip() for ip in ips if isinstance(ip, str)]
+                return
+        self._raw_hosts = []
+
+    async def describe(self, nc_ip: str) -> NcDetail:
+        """The host as Houyi has it now; an unknown IP is a refusal."""
+        try:
+            detail = await workflow.execute_activity_method(
+                NcActivities.describe_nc, DescribeNcInput(caller=self.workflow_id, nc_ip=nc_ip), **HOUYI_READ
+            )
+        except ActivityError as failure:
+            if cause_type(failure) == errors.NC_NOT_FOUND:
+                await self.refuse(errors.NC_NOT_FOUND, f"no NC with IP {nc_ip}")
+            raise
+        self.details[nc_ip] = detail
+        nc = detail.nc
+        self.status.hosts.append(
+            PlannedHost(
+                nc_ip=nc.nc_ip,
+                nc_id=nc.nc_id,
+                region_id=nc.region_id,
+                cluster_id=nc.cluster_id,
+                biz_status=nc.biz_status.value,
+                power_state=nc.power_state.value,
+                vm_count=len(detail.vms),
+                running_vm_count=sum(1 for vm in detail.vms if vm.status.value == "running"),
+            )
+        )
+        self.status.outcomes.append(
+            HostOutcome(
+                nc_ip=nc.nc_ip,
+                nc_id=nc.nc_id,
+                region_id=nc.region_id,
+                cluster_id=nc.cluster_id,
+                status_before=nc.biz_status,
+            )
+        )
+        first = self.status.hosts[0]
+        workflow.upsert_search_attributes(
+            [sa.REGION.value_set(first.region_id), sa.CLUSTER.value_set(first.cluster_id)]
+        )
+        return detail
+
+    def outcome(self, nc_ip: str) -> HostOutcome:
+        return next(o for o in self.status.outcomes if o.nc_ip == nc_ip)
+
+    async def refuse(
+        self, error_type: str, message: str, *, params: dict[str, Any] | None = None
+    ) -> NoReturn:
+        """Records the refusal in the audit and fails the workflow; nothing has been touched."""
+        self.status.error = message
+        workflow.logger.warning(
+            "operation refused",
+            extra={
+                "nc_ip": ",".join(self._hosts()),
+                "opscode": self.OPSCODE.value,
+                "error_type": error_type,
+                "error": message,
+            },
+        )
+        await self.audit(
+            "refuse", AuditResult.REFUSED, error_type=error_type, error_message=message, params=params
+        )
+        self._set_state(OpsState.REFUSED)
+        # The message says all; the activity failure or parse error it came from would only repeat it.
+        raise ApplicationError(message, type=error_type, non_retryable=True) from None
+
+    def _hosts(self) -> list[str]:
+        return [h.nc_ip for h in self.status.hosts] or self._raw_hosts
+
+    def _new_operation(self) -> NewOperation:
+        request: Any = self.request
+        first = self.status.hosts[0]
+        return NewOperation(
+            workflow_id=self.workflow_id,
+            run_id=workflow.info().run_id,
+            opscode=self.OPSCODE,
+            workflow_type=self.spec.workflow_type,
+            hosts=[h.nc_ip for h in self.status.hosts],
+            nc_ids=[h.nc_id for h in self.status.hosts],
+            region_id=first.region_id,
+            cluster_id=first.cluster_id,
+            source=request.source,
+            requester=request.requester,
+            reason_category=request.reason_category,
+            reason=request.reason,
+            ticket=request.ticket,
+            settings=request.settings.model_dump(by_alias=True),
+            state=OpsState.VALIDATING,
+        )
+
+    # ---- host lease --------------------------------------------------------------------------------
+
+    async def _acquire_leases(self) -> None:
+        for host in self.status.hosts:
+            result = await workflow.execute_activity_method(
+                LifecycleActivities.acquire_lease,
+                LeaseRequest(
+                    nc_ip=host.nc_ip,
+                    nc_id=host.nc_id,
+                    cluster_id=host.cluster_id,
+                    workflow_id=self.workflow_id,
+                    opscode=self.OPSCODE,
+                ),
+                **STORE,
+            )
+            if not result.acquired:
+                await self._release_leases()
+                holder = result.holder
+                await self.refuse(
+                    errors.HOST_BUSY,
+                    f"NC {host.nc_ip} is held by {holder.opscode.value} workflow {holder.workflow_id} "
+                    f"since {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC",
+                )
+            self._leased.append(host.nc_ip)
+
+    async def _release_leases(self) -> None:
+        while self._leased:
+            nc_ip = self._leased[-1]
+            await workflow.execute_activity_method(
+                LifecycleActivities.release_lease,
+                LeaseRelease(nc_ip=nc_ip, workflow_id=self.workflow_id),
+                **STORE,
+            )
+            self._leased.pop()
+
+    # ---- flow control, storm breaker, capacity guard -------------------------------------------------
+
+    async def _admit(self) -> None:
+        request: Any = self.request
+        bypass = getattr(request.settings, "need_limit", 1) == 0
+        held_reasons: list[str] = []
+        admitted = 0
+        for host in self.status.hosts:
+            decision = await workflow.execute_activity_method(
+                LifecycleActivities.admit,
+                AdmissionRequest(
+                    # One admission per host: a multi-host operation counts each host it touches.
+                    workflow_id=self.workflow_id
+                    if len(self.status.hosts) == 1
+                    else f"{self.workflow_id}/{host.nc_ip}",
+                    opscode=self.OPSCODE,
+                    region_id=host.region_id,
+                    cluster_id=host.cluster_id,
+                    nc_ip=host.nc_ip,
+                    source=request.source,
+                    at=workflow.now(),
+                    bypass_flow_control=bypass,
+                ),
+                **STORE,
+            )
+            if decision.bypassed and not decision.replayed:
+                await self.audit(
+                    "flow_control_bypass", AuditResult.OK, params={"nc_ip": host.nc_ip, "needLimit": 0}
+                )
+            if decision.verdict is AdmissionVerdict.ABANDONED:
+                outcome = self.outcome(host.nc_ip)
+                outcome.outcome, outcome.message = (
+                    HostOutcomeKind.ABANDONED,
+                    decision.reason or "flow control",
+                )
+                continue
+            admitted += 1
+            if decision.verdict is AdmissionVerdict.HELD_FOR_APPROVAL and decision.reason:
+                held_reasons.append(decision.reason)
+        if admitted == 0:
+            reasons = "; ".join(o.message for o in self.status.outcomes)
+            await self.audit("abandon", AuditResult.REFUSED, error_type="FlowControl", error_message=reasons)
+            raise OperationEnded(OpsState.ABANDONED, f"abandoned by flow control: {reasons}")
+        self.status.approval_reasons += held_reasons
+
+    def admitted_hosts(self) -> list[PlannedHost]:
+        return [
+            h for h in self.status.hosts if self.outcome(h.nc_ip).outcome is not HostOutcomeKind.ABANDONED
+        ]
+
+    async def _capacity_reasons(self) -> list[str]:
+        if not self.spec.takes_host_out_of_service:
+            return []
+        reasons = []
+        by_cluster: dict[str, list[str]] = {}
+        for host in self.admitted_hosts():
+            by_cluster.setdefault(host.cluster_id, []).append(host.nc_ip)
+        for cluster_id, taking in sorted(by_cluster.items()):
+            check = await workflow.execute_activity_method(
+                LifecycleActivities.check_capacity,
+                CapacityRequest(caller=self.workflow_id, cluster_id=cluster_id, taking=taking),
+                **HOUYI_READ,
+            )
+            self.status.plan.append(check.reason)
+            if check.below_minimum:
+                reasons.append(check.reason)
+        return reasons
+
+    # ---- approval gate ---------------------------------------------------------------------------------
+
+    async def _approval_gate(self) -> None:
+        assert self._policy is not None
+        policy = self._policy.policy
+        reasons = list(self.status.approval_reasons)
+        if (
+            self.status.source is OperationSource.MANUAL
+            and policy.manual_report_needs_approval
+            and not policy.fixed
+        ):
+            reasons.append(f"manual reports of {self.OPSCODE.value} need approval")
+        reasons += await self._capacity_reasons()
+        if not reasons:
+            return
+        self.status.approval_reasons = reasons
+        self.status.approvers = self._policy.approvers
+        self.status.min_approvals = policy.min_approvals
+        timeout = timedelta(minutes=policy.approval_timeout_minutes)
+        self.status.approval_deadline = workflow.now() + timeout
+        self._set_state(OpsState.PENDING_APPROVAL)
+        await self.audit(
+            "approval_requested",
+            AuditResult.OK,
+            params={"reasons": reasons, "approvers": self.status.approvers},
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: self._rejection() is not None or self._approvals() >= policy.min_approvals,
+                timeout=timeout,
+            )
+        except TimeoutError:
+            await self.audit("expire", AuditResult.REFUSED, error_message=f"no decision within {timeout}")
+            raise OperationEnded(
+                OpsState.EXPIRED, f"no decision within {policy.approval_timeout_minutes} min"
+            ) from None
+        rejection = self._rejection()
+        if rejection is not None:
+            raise OperationEnded(OpsState.REJECTED, f"rejected by {rejection.approver}: {rejection.comment}")
+
+    def _approvals(self) -> int:
+        return sum(1 for vote in self.status.votes if vote.approve)
+
+    def _rejection(self) -> Vote | None:
+        return next((vote for vote in self.status.votes if not vote.approve), None)
+
+    def _decision_problem(self, approver: str) -> tuple[str, str] | None:
+        """Why ``approver`` cannot vote now (error type, message), or None."""
+        if (
+            self.status.state is not OpsState.PENDING_APPROVAL
+            or self._rejection()
+            or self._approvals() >= self.status.min_approvals
+        ):
+            return (
+                errors.NOT_PENDING_APPROVAL,
+                f"operation {self.workflow_id} is {self.status.state.value}, not pending approval",
+            )
+        if approver == self.status.requester:
+            return errors.SELF_APPROVAL, f"{approver} requested this operation and cannot decide on it"
+        if approver not in self.status.approvers:
+            return (
+                errors.APPROVER_NOT_ALLOWED,
+                f"{approver} is not an approver of {self.OPSCODE.value} ({', '.join(self.status.approvers)})",
+            )
+        if any(vote.approver == approver for vote in self.status.votes):
+            return errors.DUPLICATE_VOTE, f"{approver} has already decided on this operation"
+        return None
+
+    async def _vote(self, approver: str, approve: bool, comment: str) -> None:
+        async with self._handler_lock:
+            problem = self._decision_problem(approver)
+            if problem is not None:
+                await self._refused_message(approver, "approve" if approve else "reject", *problem)
+                return
+            self.status.votes.append(
+                Vote(approver=approver, approve=approve, comment=comment, at=workflow.now())
+            )
+            self._publish()
+            await self.audit(
+                "approve" if approve else "reject",
+                AuditResult.OK,
+                operator=approver,
+                params={"comment": comment},
+            )
+
+    async def _refused_message(self, who: str, what: str, error_type: str, message: str) -> None:
+        """A signal that cannot apply is recorded and ignored (signals cannot answer)."""
+        self.status.refused_messages.append(f"{what} from {who} refused: {message}")
+        self._publish()
+        await self.audit(
+            what, AuditResult.REFUSED, operator=who, error_type=error_type, error_message=message
+        )
+
+    @workflow.signal(name="approve")
+    async def approve(self, decision: ApprovalInput) -> None:
+        await self._vote(decision.approver, True, decision.comment)
+
+    @workflow.signal(name="reject")
+    async def reject(self, decision: ApprovalInput) -> None:
+        await self._vote(decision.approver, False, decision.comment)
+
+    @workflow.update(name="decide")
+    async def decide(self, decision: DecisionInput) -> DecisionResult:
+        await self._vote(decision.approver, decision.approve, decision.comment)
+        return DecisionResult(
+            state=self.status.state, approvals=self._approvals(), needed=self.status.min_approvals
+        )
+
+    @decide.validator
+    def _validate_decision(self, decision: DecisionInput) -> None:
+        problem = self._decision_problem(decision.approver)
+        if problem is not None:
+            raise ApplicationError(problem[1], type=problem[0], non_retryable=True)
+
+    # ---- steps -------------------------------------------------------------------------------------
+
+    def declare_steps(self, *steps: tuple[str, bool]) -> None:
+        """The step table, shown from the start: (name, skippable) in order."""
+        self.status.steps = [StepRecord(name=name, skippable=skippable) for name, skippable in steps]
+
+    def _step(self, name: str) -> StepRecord:
+        return next(step for step in self.status.steps if step.name == name)
+
+    async def step(
+        self, name: str, action: Callable[[], Awaitable[T]], done: Callable[[T], str] | None = None
+    ) -> T | None:
+        """Runs one step; when it fails for good, waits in ``StepFailed`` for an operator's command.
+
+        Returns the action's result, or None when an operator skipped the step.
+        """
+        record = self._step(name)
+        while True:
+            record.status, record.start_count = StepStatus.RUNNING, record.start_count + 1
+            record.started_at, record.ended_at, record.elapsed_seconds = workflow.now(), None, None
+            record.message = ""
+            self._publish()
+            try:
+                result = await action()
+            except (ActivityError, ApplicationError) as failure:
+                if is_cancelled_exception(failure):
+                    raise
+                self._end_step(record, StepStatus.FAILED, _failure_message(failure))
+                command, given = await self._await_operator(record, failure)
+                if command is StepCommand.RETRY:
+                    continue
+                if command is StepCommand.SKIP:
+                    self._end_step(
+                        record, StepStatus.SKIPPED, f"skipped by {given.operator}: {given.comment}"
+                    )
+                    return None
+                raise OperationEnded(
+                    OpsState.FAILED,
+                    f"aborted by {given.operator} at step {name}: {given.comment or record.message}",
+                    errors.OPERATION_ABORTED,
+                ) from None
+            self._end_step(record, StepStatus.SUCCEEDED, done(result) if done else "")
+            await self.audit(name, AuditResult.OK, params={"step": name, "message": record.message})
+            return result
+
+    def _end_step(self, record: StepRecord, status: StepStatus, message: str) -> None:
+        record.status, record.message, record.ended_at = status, message, workflow.now()
+        if record.started_at is not None:
+            record.elapsed_seconds = (record.ended_at - record.started_at).total_seconds()
+        self._publish()
+
+    async def _await_operator(
+        self, record: StepRecord, failure: BaseException
+    ) -> tuple[StepCommand, StepCommandInput]:
+        record.status = StepStatus.WAITING
+        self._set_state(OpsState.STEP_FAILED)
+        await self.audit(
+            "step_failed",
+            AuditResult.FAILED,
+            error_type=cause_type(failure),
+            error_message=record.message,
+            params={"step": record.name},
+        )
+        try:
+            await workflow.wait_condition(lambda: record.name in self._commands, timeout=STEP_FAILED_TIMEOUT)
+        except TimeoutError:
+            raise OperationEnded(
+                OpsState.FAILED,
+                f"step {record.name} failed and no operator acted within {STEP_FAILED_TIMEOUT}: {record.message}",
+                cause_type(failure),
+            ) from None
+        command, given = self._commands.pop(record.name)
+        if not any(step.status is StepStatus.WAITING for step in self.status.steps):
+            self._set_state(OpsState.RUNNING)
+        return command, given
+
+    def _command_problem(self, command: StepCommand, given: StepCommandInput) -> tuple[str, str] | str:
+        """The step the command applies to, or why it cannot apply (error type, message)."""
+        waiting = [
+            step
+            for step in self.status.steps
+            if step.status is StepStatus.WAITING and step.name not in self._commands
+        ]
+        if given.step is None:
+            if len(waiting) != 1:
+                names = ", ".join(step.name for step in waiting) or "none"
+                return errors.STEP_NOT_WAITING, f"name the step: steps waiting for an operator: {names}"
+            target = waiting[0]
+        else:
+            found = [step for step in waiting if step.name == given.step]
+            if not found:
+                names = ", ".join(step.name for step in waiting) or "none"
+                return (
+                    errors.STEP_NOT_WAITING,
+                    f"step {given.step} is not waiting for an operator (waiting: {names})",
+                )
+            target = found[0]
+        if command is StepCommand.SKIP and not target.skippable:
+            return errors.STEP_NOT_SKIPPABLE, f"step {target.name} cannot be skipped"
+        return target.name
+
+    async def _command(self, command: StepCommand, given: StepCommandInput) -> str | None:
+        async with self._handler_lock:
+            target = self._command_problem(command, given)
+            if isinstance(target, tuple):
+                await self._refused_message(given.operator, command.value, *target)
+                return None
+            self._commands[target] = (command, given)
+            await self.audit(
+                command.value,
+                AuditResult.OK,
+                operator=given.operator,
+                params={"step": target, "comment": given.comment},
+            )
+            return target
+
+    @workflow.signal(name="retry_step")
+    async def retry_step(self, given: StepCommandInput) -> None:
+        await self._command(StepCommand.RETRY, given)
+
+    @workflow.signal(name="skip_step")
+    async def skip_step(self, given: StepCommandInput) -> None:
+        await self._command(StepCommand.SKIP, given)
+
+    @workflow.signal(name="abort")
+    async def abort(self, given: StepCommandInput) -> None:
+        await self._command(StepCommand.ABORT, given)
+
+    @workflow.update(name="operate")
+    async def operate(self, given: OperateInput) -> OperateResult:
+        target = await self._command(given.command, given)
+        if target is None:  # lost a race with another command between validation and handling
+            raise ApplicationError(
+                self.status.refused_messages[-1], type=errors.STEP_NOT_WAITING, non_retryable=True
+            )
+        return OperateResult(step=target, command=given.command)
+
+    @operate.validator
+    def _validate_operate(self, given: OperateInput) -> None:
+        problem = self._command_problem(given.command, given)
+        if isinstance(problem, tuple):
+            raise ApplicationError(problem[1], type=problem[0], non_retryable=True)
+
+    @workflow.query(name="status")
+    def query_status(self) -> OperationStatus:
+        return self.status
+
+    # ---- compensation and finish ---------------------------------------------------------------------
+
+    def on_cancel(self, what: str, compensation: Callable[[], Awaitable[Any]]) -> None:
+        """Registers what undoes a step if the operation is cancelled later (run in reverse order)."""
+        self._compensations.append((what, compensation))
+
+    def clear_compensations(self) -> None:
+        """From here on a cancel leaves things as they are (e.g. after a reboot nothing can be undone)."""
+        self._compensations.clear()
+
+    async def _compensate(self) -> None:
+        while self._compensations:
+            what, compensation = self._compensations.pop()
+            await compensation()
+            await self.audit("compensate", AuditResult.OK, params={"what": what})
+
+    async def _finish(
+        self, state: OpsState, message: str, *, error_type: str | None = None
+    ) -> OperationResult:
+        if state is not OpsState.SUCCEEDED:
+            self.status.error = message
+        result = OperationResult(
+            operation_id=self.status.operation_id,
+            workflow_id=self.workflow_id,
+            opscode=self.OPSCODE,
+            state=state,
+            hosts=self.status.outcomes,
+            message=message,
+            finished_at=workflow.now(),
+        )
+        await workflow.execute_activity_method(
+            OperationActivities.finish_operation,
+            OperationFinished(
+                workflow_id=self.workflow_id,
+                state=state,
+                error_type=error_type,
+                error_message=message or None,
+                result=result.model_dump(mode="json"),
+            ),
+            **STORE,
+        )
+        await self.audit(
+            "finish",
+            AuditResult.OK if state is OpsState.SUCCEEDED else AuditResult.FAILED,
+            error_type=error_type,
+            error_message=message or None,
+            params={"state": state.value},
+        )
+        self._set_state(state)
+        workflow.logger.info(
+            "operation finished",
+            extra={"nc_ip": ",".join(self._hosts()), "opscode": self.OPSCODE.value, "state": state.value},
+        )
+        return result
+
+    async def audit(
+        self,
+        action: str,
+        result: AuditResult,
+        *,
+        operator: str | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        request: Any = self._request
+        hosts = self._hosts()
+        # Deterministic and unique per event in this run: a retried activity writes the row once.
+        self._audit_seq += 1
+        await workflow.execute_activity_method(
+            OperationActivities.record_audit,
+            AuditEntry(
+                dedupe_key=f"{self.workflow_id}/{workflow.info().run_id}/{self._audit_seq}",
+                workflow_id=self.workflow_id,
+                opscode=self.OPSCODE,
+                nc_ip=hosts[0] if len(hosts) == 1 else (",".join(hosts) or None),
+                action=action,
+                result=result,
+                error_type=error_type,
+                error_message=error_message,
+                params=params or {},
+                operator=operator or (request.requester if request else None),
+                reason=request.reason if request else None,
+                ticket=request.ticket if request else None,
+            ),
+            **STORE,
+        )
+
+    def _set_state(self, state: OpsState) -> None:
+        self.status.state = state
+        self._publish()
+
+    def _publish(self) -> None:
+        """Search attributes and the UI's current details follow the state."""
+        attributes = [
+            sa.OPS_CODE.value_set(self.OPSCODE.value),
+            sa.OPS_STATE.value_set(self.status.state.value),
+        ]
+        hosts = self._hosts()
+        if hosts:
+            attributes.append(sa.NC_IP.value_set(hosts[0]))
+        workflow.upsert_search_attributes(attributes)
+        workflow.set_current_details(self.status.markdown())
+
+
+def _failure_message(failure: BaseException) -> str:
+    current: BaseException | None = failure
+    while isinstance(current, ActivityError) and current.cause is not None:
+        current = current.cause
+    return str(current)
