@@ -33,10 +33,26 @@ from deploy.processes import ManagedProcess, ProcessNotReady
 from runtime.config import DEFAULT_TASK_QUEUE
 from runtime.logging import configure_logging
 from store.embedded import start_embedded_postgres, stop_embedded_postgres
+from store.repository import OperationStore
+from store.seed import DEV_APPROVER_GROUP, DEV_APPROVERS, seed_dev_approvers
 
 READY_LINE = "ecs-opsflow dev stack is ready"
 """Printed once everything answers; tests wait for it."""
 
+NC_REBOOT_EXAMPLE_INPUT: dict[str, Any] = {
+    "requester": "alice",
+    "reason_category": "hang",
+    "reason": "nc_hang_exception: host stopped answering",
+    "ticket": "CHG-1002",
+    "settings": {"alertRuleName": "nc_hang_exception", "needDumpCn": 0, "needLimit": 1, "preLock": 0},
+}
+NC_RE_ONLINE_EXAMPLE_INPUT: dict[str, Any] = {
+    "requester": "alice",
+    "reason_category": "hang",
+    "reason": "hang understood: kernel bug, patched",
+    "ticket": "CHG-1002",
+    "settings": {"parallel": 4, "NcReOnline": 0},
+}
 NC_LOCK_EXAMPLE_INPUT: dict[str, Any] = {
     "requester": "alice",
     "reason_category": "hardware",
@@ -201,6 +217,7 @@ class DevStack:
         await self._start_process(temporal, TEMPORAL_READY_SECONDS)
 
         await self._start_postgres()
+        await self._seed_store()
 
         simulator = processes.houyi_simulator(
             config.simulator_port, config.simulator_speed, log_dir=config.log_dir
@@ -269,6 +286,15 @@ class DevStack:
         elapsed = time.monotonic() - began
         say(f"  {'postgres':<10} embedded, ready in {elapsed:.1f} s (data {_shown(data_dir / 'pg')})")
 
+    async def _seed_store(self) -> None:
+        """Schema up to date, and the dev approvers (group ops-admins) so approvals can be tried at once."""
+        store = await OperationStore.connect(self.database_url)
+        try:
+            await seed_dev_approvers(store)
+        finally:
+            await store.close()
+        say(f"  {'approvers':<10} group {DEV_APPROVER_GROUP} = {', '.join(DEV_APPROVERS)}")
+
     async def watch(self, stop: asyncio.Event) -> ManagedProcess | None:
         """Waits for ``stop``; returns the first child found dead before that, if any."""
         while not stop.is_set():
@@ -291,7 +317,8 @@ class DevStack:
 
     async def _print_summary(self) -> None:
         config = self.config
-        nc_ip = await self._free_nc_ip()
+        free = await self._free_nc_ips(2)
+        nc_ip = free[0] if free else None
         say()
         say(f"  Temporal UI      http://localhost:{config.temporal_ui_port}")
         say(f"  Temporal gRPC    {config.temporal_address} (namespace {config.namespace})")
@@ -306,10 +333,14 @@ class DevStack:
         if nc_ip is None:
             say(f"  (no NC is free right now: pick one from {config.simulator_url}/admin/ncs)")
         say()
+        say("Reboot another one (0x400012), approve it as approver1, then bring it back online (0x400011):")
+        for command in reboot_and_re_online_example(config, free[1] if len(free) > 1 else "<nc_ip>"):
+            say(f"  {command}")
+        say()
         say(f"{READY_LINE}; Ctrl-C stops it.")
 
-    async def _free_nc_ip(self) -> str | None:
-        """The first ``free`` NC the simulator lists, so the printed example works as is."""
+    async def _free_nc_ips(self, count: int) -> list[str]:
+        """The first ``free`` NCs the simulator lists, so the printed examples work as they are."""
         url = f"{self.config.simulator_url}/admin/ncs"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
@@ -318,12 +349,14 @@ class DevStack:
                     listing = await response.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as problem:
             complain(f"could not list the simulator's NCs ({url}): {problem}")
-            return None
+            return []
         ncs = listing.get("ncs", []) if isinstance(listing, dict) else listing
-        for nc in ncs if isinstance(ncs, list) else []:
-            if isinstance(nc, dict) and nc.get("biz_status") == "free" and isinstance(nc.get("nc_ip"), str):
-                return str(nc["nc_ip"])
-        return None
+        free = [
+            str(nc["nc_ip"])
+            for nc in (ncs if isinstance(ncs, list) else [])
+            if isinstance(nc, dict) and nc.get("biz_status") == "free" and isinstance(nc.get("nc_ip"), str)
+        ]
+        return free[:count]
 
 
 def nc_lock_example(config: DevStackConfig, nc_ip: str) -> list[str]:
@@ -338,6 +371,30 @@ def nc_lock_example(config: DevStackConfig, nc_ip: str) -> list[str]:
         f"--input {shlex.quote(payload)}",
         f"{temporal} workflow result{address} --workflow-id {workflow_id}",
         f"curl {config.simulator_url}/admin/ncs/{nc_ip}",
+    ]
+
+
+def reboot_and_re_online_example(config: DevStackConfig, nc_ip: str) -> list[str]:
+    """``temporal`` commands: 0x400012 on ``nc_ip``, its approval by signal, then 0x400011 and its approval."""
+    temporal = "temporal" if shutil.which("temporal") else _shown(Path(processes.find_binary("temporal")))
+    address = "" if config.temporal_port == 7233 else f" --address {config.temporal_address}"
+    reboot_id, re_online_id = f"0x400012-{nc_ip}", f"0x400011-{nc_ip}"
+    reboot = json.dumps({"nc_ip": nc_ip, **NC_REBOOT_EXAMPLE_INPUT})
+    re_online = json.dumps({"nc_ips": [nc_ip], **NC_RE_ONLINE_EXAMPLE_INPUT})
+    approve = json.dumps({"approver": "approver1", "comment": "hang confirmed, reboot it"})
+    approve_again = json.dumps({"approver": "approver2", "comment": "fault understood"})
+    start = f"{temporal} workflow start{address} --task-queue {config.task_queue}"
+    return [
+        f"{start} --type NcForcedReboot --workflow-id {reboot_id} "
+        f"--static-summary {shlex.quote(f'0x400012 forced reboot {nc_ip}')} --input {shlex.quote(reboot)}",
+        f"{temporal} workflow query{address} --workflow-id {reboot_id} --name status",
+        f"{temporal} workflow signal{address} --workflow-id {reboot_id} --name approve --input {shlex.quote(approve)}",
+        f"{temporal} workflow result{address} --workflow-id {reboot_id}",
+        f"{start} --type NcReOnline --workflow-id {re_online_id} "
+        f"--static-summary {shlex.quote(f'0x400011 re-online {nc_ip}')} --input {shlex.quote(re_online)}",
+        f"{temporal} workflow signal{address} --workflow-id {re_online_id} --name approve "
+        f"--input {shlex.quote(approve_again)}",
+        f"{temporal} workflow result{address} --workflow-id {re_online_id}",
     ]
 
 
