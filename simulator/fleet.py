@@ -802,9 +802,13 @@ class Fleet:
     def _power_goes_down(self, nc: Nc) -> None:
         """What any power-off does: VM processes die with the host (residues too); a reboot leaves nc_down."""
         counters = self._nc_counters[nc.nc_id]
-        if self._vms_with_process_on(nc.nc_id):
+        crashed = self._vms_with_process_on(nc.nc_id)
+        if crashed:
             # Allowed (forced-reboot semantics), but counted: tests prove evacuating workflows never do it.
             counters["power_offs_with_vms"] += 1
+        for vm in crashed:
+            # The guests die with the host; their records stay on it until someone starts them again.
+            vm.status = VmStatus.STOPPED
         self._residues[nc.nc_id].clear()
         if can_apply(NcAction.REBOOT, nc.biz_status):
             nc.biz_status = apply(NcAction.REBOOT, nc.biz_status)

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.pg",
     "tests.fixtures.simulator",
     "tests.fixtures.temporal",
+    "tests.fixtures.stack",
 ]

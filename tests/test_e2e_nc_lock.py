@@ -7,85 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from deploy import processes
 from domain.operations import OperationResult, OpsState
 from store.repository import OperationStore
-from tests.fixtures.temporal import installed_binary
+from tests.fixtures.stack import Stack
 from tests.helpers import SimulatorAdmin, eventually
 
 pytestmark = pytest.mark.e2e
-
-
-class Stack:
-    def __init__(
-        self, client: Client, address: str, task_queue: str, env: dict[str, str], log_dir: Path
-    ) -> None:
-        self.client = client
-        self.address = address
-        self.task_queue = task_queue
-        self.env = env
-        self.log_dir = log_dir
-        self.worker: processes.ManagedProcess | None = None
-
-    async def start_worker(self) -> processes.ManagedProcess:
-        self.worker = processes.worker(self.env, log_dir=self.log_dir).start()
-        await self.worker.wait_ready(timeout=60)
-        return self.worker
-
-    def temporal_cli(self, *args: str) -> str:
-        completed = subprocess.run(
-            [installed_binary("temporal"), *args, "--address", self.address],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert completed.returncode == 0, f"temporal {' '.join(args)} failed: {completed.stderr}"
-        return completed.stdout
-
-
-@pytest.fixture
-async def stack(
-    dev_server_env: WorkflowEnvironment, simulator: Any, database_url: str, tmp_path: Path
-) -> AsyncIterator[Stack]:
-    address = dev_server_env.client.service_client.config.target_host
-    task_queue = f"e2e-{uuid.uuid4()}"
-    env = processes.worker_env(
-        temporal_address=address,
-        database_url=database_url,
-        houyi_url=simulator.url,
-        metrics_port=processes.free_port(),
-        task_queue=task_queue,
-    )
-    running = Stack(dev_server_env.client, address, task_queue, env, tmp_path / "logs")
-    await running.start_worker()
-    yield running
-    if running.worker is not None:
-        running.worker.terminate()
-
-
-@pytest.fixture
-def admin(simulator: Any) -> SimulatorAdmin:
-    return SimulatorAdmin(simulator.url)
-
-
-@pytest.fixture
-async def store_view(database_url: str) -> AsyncIterator[OperationStore]:
-    store = await OperationStore.connect(database_url)
-    yield store
-    await store.close()
 
 
 def readme_input(nc_ip: str) -> str:
