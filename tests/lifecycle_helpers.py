@@ -1,31 +1,105 @@
-"""What the lifecycle tests share: inputs, starting operations, watching them wait, reading their end."""
+"""What the lifecycle tests share: inputs, a worker, starting operations, watching them wait, reading their end."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from domain.operations import OperationResult, OpsState
+from houyi.http_client import HttpHouyiClient
+from store.repository import OperationStore
 from tests.helpers import SimulatorAdmin, eventually
+from worker import build_worker
 from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput
 
 REQUESTER = "alice"
+APPROVERS = ["admin", "approver1", "approver2"]  # ops-admins as store.seed seeds it
+
+WORKFLOW_OPSCODES = {"NcForcedReboot": "0x400012", "NcLock": "0x410A01", "NcReOnline": "0x400011"}
 
 
-def reboot_input(nc_ip: str, **settings: Any) -> dict[str, Any]:
+class Simulator(SimulatorAdmin):
+    """The admin API, plus setting a host's status or power for a test's setup."""
+
+    async def patch_nc(self, nc_ip: str, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("PATCH", f"/admin/ncs/{nc_ip}", fields)
+        return result
+
+    async def free_ncs(self, cluster_id: str, count: int) -> list[dict[str, Any]]:
+        """``count`` free hosts of the cluster, in fleet order."""
+        found = [
+            nc for nc in await self.ncs() if nc["cluster_id"] == cluster_id and nc["biz_status"] == "free"
+        ]
+        assert len(found) >= count, f"{cluster_id} has {len(found)} free hosts, the test needs {count}"
+        return found[:count]
+
+    async def touched(self, nc_ip: str) -> dict[str, int]:
+        """The counters of every change the simulator applied to the host (all 0: nothing touched)."""
+        counters: dict[str, int] = (await self.nc(nc_ip))["counters"]
+        return {name: value for name, value in counters.items() if value}
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    client: Client, task_queue: str, simulator_url: str, store: OperationStore
+) -> AsyncIterator[Worker]:
+    """The real worker (every workflow and activity) against the simulator and the store."""
+    async with HttpHouyiClient(simulator_url, recorder=store) as houyi:
+        worker = build_worker(client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05)
+        async with worker:
+            yield worker
+
+
+class Operations:
+    """Starts operations and, at the end of the test, terminates the ones still open."""
+
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self.client = client
+        self.task_queue = task_queue
+        self.started: list[WorkflowHandle[Any, OperationResult]] = []
+
+    async def start(
+        self, workflow: str, raw: dict[str, Any], *, workflow_id: str | None = None, **options: Any
+    ) -> WorkflowHandle[Any, OperationResult]:
+        handle = await self.client.start_workflow(
+            workflow,
+            raw,
+            id=workflow_id or f"{WORKFLOW_OPSCODES[workflow]}-{uuid.uuid4()}",
+            task_queue=self.task_queue,
+            result_type=OperationResult,
+            **options,
+        )
+        self.started.append(handle)
+        return handle
+
+    async def reboot(self, nc_ip: str, **settings: Any) -> WorkflowHandle[Any, OperationResult]:
+        return await self.start("NcForcedReboot", reboot_input(nc_ip, **settings))
+
+    async def close(self) -> None:
+        for handle in self.started:
+            with contextlib.suppress(RPCError):
+                if (await handle.describe()).status is WorkflowExecutionStatus.RUNNING:
+                    await handle.terminate("test over")
+
+
+def reboot_input(nc_ip: str, *, requester: str = REQUESTER, **settings: Any) -> dict[str, Any]:
     """A manual 0x400012 as an operator types it; ``settings`` use the product's names."""
     return {
         "nc_ip": nc_ip,
-        "requester": REQUESTER,
+        "requester": requester,
         "reason_category": "hang",
         "reason": "nc_hang_exception: host stopped answering",
         "ticket": "CHG-3001",
-        "settings": {"alertRuleName": "nc_hang_exception", "needLimit": 1, **settings},
+        "settings": {"alertRuleName": "nc_hang_exception", **settings},
     }
 
 
@@ -49,19 +123,6 @@ def re_online_input(nc_ips: list[str], **settings: Any) -> dict[str, Any]:
     }
 
 
-async def start(
-    client: Client, workflow: str, raw: dict[str, Any], task_queue: str
-) -> WorkflowHandle[Any, Any]:
-    opscode = {"NcForcedReboot": "0x400012", "NcLock": "0x410A01", "NcReOnline": "0x400011"}[workflow]
-    return await client.start_workflow(
-        workflow,
-        raw,
-        id=f"{opscode}-{uuid.uuid4()}",
-        task_queue=task_queue,
-        result_type=OperationResult,
-    )
-
-
 async def status_of(handle: WorkflowHandle[Any, Any]) -> OperationStatus:
     return await handle.query("status", result_type=OperationStatus)
 
@@ -77,7 +138,7 @@ async def wait_state(
     """Polls the ``status`` query until the operation is in ``state``.
 
     On the time-skipping server, ``env`` and ``skip`` move the workflow clock a little on each poll (to
-    let activity retries through) without ever reaching the 24 h timeouts the states wait with.
+    let activity retries through) without ever coming near the 24 h timeouts the waiting states have.
     """
 
     async def check() -> OperationStatus:
@@ -88,6 +149,24 @@ async def wait_state(
         return status
 
     return await eventually(check, within=within, interval=0.05)
+
+
+async def wait_status(
+    handle: WorkflowHandle[Any, Any], what: str, holds: Any, *, within: float = 10.0
+) -> OperationStatus:
+    """Polls the ``status`` query until ``holds(status)``; ``what`` says what the test waits for."""
+
+    async def check() -> OperationStatus:
+        status = await status_of(handle)
+        assert holds(status), f"{handle.id}: waiting for {what}; status: {status.model_dump_json()}"
+        return status
+
+    return await eventually(check, within=within, interval=0.05)
+
+
+async def ops_state_attribute(handle: WorkflowHandle[Any, Any]) -> list[Any]:
+    attribute: list[Any] = (await handle.describe()).search_attributes.get("OpsState", [])
+    return attribute
 
 
 async def approve(handle: WorkflowHandle[Any, Any], approver: str = "approver1", comment: str = "ok") -> None:
@@ -101,6 +180,7 @@ async def reject(handle: WorkflowHandle[Any, Any], approver: str = "approver1", 
 async def command(
     handle: WorkflowHandle[Any, Any], signal: str, step: str | None, operator: str = "bob", comment: str = ""
 ) -> None:
+    """An operator's ``retry_step`` / ``skip_step`` / ``abort`` signal."""
     await handle.signal(signal, StepCommandInput(operator=operator, step=step, comment=comment))
 
 
@@ -109,21 +189,12 @@ async def failure_of(handle: WorkflowHandle[Any, Any]) -> ApplicationError:
     try:
         await handle.result()
     except WorkflowFailureError as failed:
-        assert isinstance(failed.cause, ApplicationError), failed.cause
+        assert isinstance(failed.cause, ApplicationError), repr(failed.cause)
         return failed.cause
     raise AssertionError(f"{handle.id} completed, it was expected to fail")
 
 
-async def free_ncs(admin: SimulatorAdmin, cluster_id: str, count: int) -> list[dict[str, Any]]:
-    """``count`` free hosts of the cluster, in fleet order."""
-    found = [nc for nc in await admin.ncs() if nc["cluster_id"] == cluster_id and nc["biz_status"] == "free"]
-    assert len(found) >= count, f"{cluster_id} has {len(found)} free hosts, the test needs {count}"
-    return found[:count]
-
-
-class Simulator(SimulatorAdmin):
-    """The admin API, plus setting a host's status or power for a test's setup."""
-
-    async def patch_nc(self, nc_ip: str, **fields: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("PATCH", f"/admin/ncs/{nc_ip}", fields)
-        return result
+def result_in(error: ApplicationError) -> OperationResult:
+    """The ``OperationResult`` a failed operation carries in its error's details."""
+    assert error.details, f"{error.type}: {error.message} carries no details"
+    return OperationResult.model_validate(error.details[0])

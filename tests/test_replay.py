@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from activities.nc import LockNcInput, NcActivities
+from worker import WORKFLOWS
 from workflows.common import HOUYI_WRITE
-from workflows.nc_lock import NcLockWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -29,12 +30,23 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_lock_refused_wrong_status",
         "nc_lock_refused_invalid_input",
         "nc_lock_failed_lock_race",
+        "nc_forced_reboot_succeeded",
+        "nc_forced_reboot_abandoned",
+        "nc_forced_reboot_rejected",
+        "nc_re_online_step_retried",
     }
+    recorded_types = {
+        json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
+            "name"
+        ]
+        for p in HISTORIES
+    }
+    assert recorded_types == {getattr(cls, "__temporal_workflow_definition").name for cls in WORKFLOWS}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays(path: Path) -> None:
-    replayer = Replayer(workflows=[NcLockWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.stem}: {result.replay_failure}"
 

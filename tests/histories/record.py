@@ -15,20 +15,24 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from domain.operations import OpsState
 from houyi.http_client import HttpHouyiClient
 from runtime import search_attributes
 from simulator.server import start_simulator
 from store.db import url_with_database
 from store.embedded import start_embedded_postgres
 from store.repository import OperationStore
+from store.seed import seed_dev_approvers
 from tests.fixtures.pg import TEST_DATA_DIR
 from tests.fixtures.temporal import installed_binary
 from tests.helpers import SimulatorAdmin
 from worker import build_worker
+from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput
 
 HERE = Path(__file__).parent
 
@@ -43,9 +47,27 @@ def lock_input(nc_ip: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
-async def record(client: Client, task_queue: str, name: str, raw: Any) -> None:
+async def record(
+    client: Client,
+    task_queue: str,
+    name: str,
+    raw: Any,
+    *,
+    workflow_type: str = "NcLock",
+    signals: list[tuple[OpsState, str, BaseModel]] | None = None,
+) -> None:
+    """Runs one workflow to its end, sending each signal once the workflow reaches the given state."""
     workflow_id = f"record-{name}-{uuid.uuid4().hex[:8]}"
-    handle = await client.start_workflow("NcLock", raw, id=workflow_id, task_queue=task_queue)
+    handle = await client.start_workflow(workflow_type, raw, id=workflow_id, task_queue=task_queue)
+    for state, signal, payload in signals or []:
+        for _ in range(600):  # the time-skipping server answers at once; 30 s is plenty
+            current = (await handle.query("status", result_type=OperationStatus)).state
+            if current is state:
+                break
+            if current.final:
+                raise RuntimeError(f"{name} ended {current.value} before reaching {state.value}")
+            await asyncio.sleep(0.05)
+        await handle.signal(signal, payload)
     try:
         await handle.result()
     except WorkflowFailureError:
@@ -69,10 +91,13 @@ async def main() -> None:
     await store.pool.execute(f'CREATE DATABASE "{database}"')
     await store.close()
     store = await OperationStore.connect(url_with_database(server_url, database))
+    await seed_dev_approvers(store)
     task_queue = f"record-{uuid.uuid4()}"
     try:
         async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
-            async with build_worker(env.client, task_queue, houyi=houyi, store=store):
+            async with build_worker(
+                env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05
+            ):
                 free = await admin.first_nc("free")
                 locked = await admin.first_nc("mlock")
                 await record(env.client, task_queue, "nc_lock_succeeded", lock_input(free["nc_ip"]))
@@ -85,6 +110,45 @@ async def main() -> None:
                 other = await admin.first_nc("free", exclude={free["nc_ip"]})
                 await admin.inject(action="lock_nc", code=409, message="nc is mlock, cannot lock", count=1)
                 await record(env.client, task_queue, "nc_lock_failed_lock_race", lock_input(other["nc_ip"]))
+
+                approve = (
+                    OpsState.PENDING_APPROVAL,
+                    "approve",
+                    ApprovalInput(approver="approver1", comment="ok"),
+                )
+                reject = (
+                    OpsState.PENDING_APPROVAL,
+                    "reject",
+                    ApprovalInput(approver="approver2", comment="no"),
+                )
+                reboot = {"reason_category": "hang", "settings": {"needDumpCn": 1}}
+                first = await admin.first_nc("free", exclude={free["nc_ip"], other["nc_ip"]})
+                await record(
+                    env.client, task_queue, "nc_forced_reboot_succeeded", lock_input(first["nc_ip"], **reboot),
+                    workflow_type="NcForcedReboot", signals=[approve],
+                )  # fmt: skip
+                second = await admin.first_nc("free", exclude={free["nc_ip"], other["nc_ip"], first["nc_ip"]})
+                await record(
+                    env.client, task_queue, "nc_forced_reboot_abandoned", lock_input(second["nc_ip"], **reboot),
+                    workflow_type="NcForcedReboot",
+                )  # fmt: skip
+                third = [
+                    nc
+                    for nc in await admin.ncs()
+                    if nc["biz_status"] == "free" and nc["region_id"] != first["region_id"]
+                ][0]
+                await record(
+                    env.client, task_queue, "nc_forced_reboot_rejected", lock_input(third["nc_ip"], **reboot),
+                    workflow_type="NcForcedReboot", signals=[reject],
+                )  # fmt: skip
+                down = [nc["nc_ip"] for nc in await admin.ncs() if nc["biz_status"] == "nc_down"][:2]
+                await admin.inject(action="set_nc_status", code=500, message="control plane busy", count=5)
+                retry = (OpsState.STEP_FAILED, "retry_step", StepCommandInput(operator="admin"))
+                await record(
+                    env.client, task_queue, "nc_re_online_step_retried",
+                    {"nc_ips": down, "requester": "alice", "reason_category": "hang", "settings": {"parallel": 1}},
+                    workflow_type="NcReOnline", signals=[approve, retry],
+                )  # fmt: skip
     finally:
         await store.close()
         await simulator.stop()
