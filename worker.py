@@ -56,7 +56,7 @@ def activities_for(
         nc.power_cycle_nc,
         nc.wait_power_settled,
         operations.record_operation,
-        operations.finish_operation,
+        operations.set_operation_state,
         operations.record_audit,
         lifecycle.load_policy,
         lifecycle.acquire_lease,

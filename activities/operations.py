@@ -15,7 +15,7 @@ from store.errors import StoreConflict, StoreUnavailable
 from store.repository import AuditEntry, NewOperation, OperationStore
 
 
-class OperationFinished(BaseModel):
+class OperationStateChange(BaseModel):
     workflow_id: str
     state: OpsState
     error_type: str | None = None
@@ -48,8 +48,9 @@ class OperationActivities:
             raise ApplicationError(str(error), type=errors.STORE_CONFLICT, non_retryable=True) from None
         return OperationRef(operation_id=record.id, state=record.state)
 
-    @activity.defn(name="FinishOperation")
-    async def finish_operation(self, finished: OperationFinished) -> OperationRef:
+    @activity.defn(name="SetOperationState")
+    async def set_operation_state(self, finished: OperationStateChange) -> OperationRef:
+        """Moves the operation's row to its new state; a final state also stamps its end."""
         try:
             record = await self._store.set_operation_state(
                 finished.workflow_id,

@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         PolicyRequest,
     )
     from activities.nc import DescribeNcInput, NcActivities
-    from activities.operations import OperationActivities, OperationFinished
+    from activities.operations import OperationActivities, OperationStateChange
     from domain import errors
     from domain.model import NcDetail
     from domain.operations import (
@@ -318,7 +318,7 @@ class OperationWorkflow(Generic[RequestT]):
         try:
             await self._admit()
             await self._approval_gate()
-            self._set_state(OpsState.RUNNING)
+            await self._enter(OpsState.RUNNING)
             await self.execute(request)
         except OperationEnded as ended:
             result = await self._finish(ended.state, ended.message, error_type=ended.error_type)
@@ -567,7 +567,7 @@ class OperationWorkflow(Generic[RequestT]):
         self.status.min_approvals = policy.min_approvals
         timeout = timedelta(minutes=policy.approval_timeout_minutes)
         self.status.approval_deadline = workflow.now() + timeout
-        self._set_state(OpsState.PENDING_APPROVAL)
+        await self._enter(OpsState.PENDING_APPROVAL)
         await self.audit(
             "approval_requested",
             AuditResult.OK,
@@ -716,7 +716,7 @@ class OperationWorkflow(Generic[RequestT]):
         self, record: StepRecord, failure: BaseException
     ) -> tuple[StepCommand, StepCommandInput]:
         record.status = StepStatus.WAITING
-        self._set_state(OpsState.STEP_FAILED)
+        await self._enter(OpsState.STEP_FAILED)
         await self.audit(
             "step_failed",
             AuditResult.FAILED,
@@ -734,7 +734,7 @@ class OperationWorkflow(Generic[RequestT]):
             ) from None
         command, given = self._commands.pop(record.name)
         if not any(step.status is StepStatus.WAITING for step in self.status.steps):
-            self._set_state(OpsState.RUNNING)
+            await self._enter(OpsState.RUNNING)
         return command, given
 
     def _command_problem(self, command: StepCommand, given: StepCommandInput) -> tuple[str, str] | str:
@@ -839,8 +839,8 @@ class OperationWorkflow(Generic[RequestT]):
             finished_at=workflow.now(),
         )
         await workflow.execute_activity_method(
-            OperationActivities.finish_operation,
-            OperationFinished(
+            OperationActivities.set_operation_state,
+            OperationStateChange(
                 workflow_id=self.workflow_id,
                 state=state,
                 error_type=error_type,
@@ -893,6 +893,15 @@ class OperationWorkflow(Generic[RequestT]):
                 reason=request.reason if request else None,
                 ticket=request.ticket if request else None,
             ),
+            **STORE,
+        )
+
+    async def _enter(self, state: OpsState) -> None:
+        """A state change the event list shows too (the operations row follows the workflow)."""
+        self._set_state(state)
+        await workflow.execute_activity_method(
+            OperationActivities.set_operation_state,
+            OperationStateChange(workflow_id=self.workflow_id, state=state),
             **STORE,
         )
 
