@@ -62,6 +62,7 @@ def activities_for(
         lifecycle.acquire_lease,
         lifecycle.release_lease,
         lifecycle.admit,
+        lifecycle.void_admissions,
         lifecycle.check_capacity,
     ]
 

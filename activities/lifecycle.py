@@ -58,6 +58,15 @@ class LeaseReleased(BaseModel):
     released: bool
 
 
+class VoidAdmissions(BaseModel):
+    workflow_id: str
+    reason: str
+
+
+class AdmissionsVoided(BaseModel):
+    voided: int
+
+
 class CapacityRequest(BaseModel):
     caller: str
     cluster_id: str
@@ -134,6 +143,12 @@ class LifecycleActivities:
     async def admit(self, request: AdmissionRequest) -> AdmissionDecision:
         """Flow control and the storm breaker, decided in one transaction; a retry replays the first decision."""
         return await self._store(self._lifecycle.admit(request))
+
+    @activity.defn(name="VoidAdmissions")
+    async def void_admissions(self, request: VoidAdmissions) -> AdmissionsVoided:
+        """An operation that ended without executing gives its flow-control slots back."""
+        voided = await self._store(self._lifecycle.void_admissions(request.workflow_id, request.reason))
+        return AdmissionsVoided(voided=voided)
 
     @activity.defn(name="CheckCapacity")
     async def check_capacity(self, request: CapacityRequest) -> CapacityCheck:

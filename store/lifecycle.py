@@ -637,6 +637,24 @@ class LifecycleStore:
         )
         return row is not None
 
+    async def void_admissions(self, workflow_id: str, reason: str) -> int:
+        """Gives back the flow-control slots of an operation that never executed (rejected, expired,
+        cancelled while waiting); a multi-host operation's per-host admissions (``<id>/<ip>``) too.
+
+        Idempotent; returns how many admissions were voided by this call.
+        """
+        rows = await self._fetch(
+            f"voiding the admissions of {workflow_id}",
+            """
+            UPDATE flow_control_admissions SET voided_at = now(), voided_reason = $2
+            WHERE (workflow_id = $1 OR starts_with(workflow_id, $1 || '/')) AND voided_at IS NULL
+            RETURNING id
+            """,
+            workflow_id,
+            reason,
+        )
+        return len(rows)
+
     async def release_leases_of(self, workflow_id: str) -> list[str]:
         """Gives back every host ``workflow_id`` holds (a multi-host operation's exit); their IPs, sorted."""
         rows = await self._fetch(
@@ -743,14 +761,15 @@ async def _count_window(
         f"""
         SELECT count(*) AS n, (array_agg(workflow_id ORDER BY admitted_at DESC, id DESC))[1] AS latest
         FROM flow_control_admissions
-        WHERE opscode = $1 AND {column} = $2 AND verdict = ANY($3::text[])
-          AND admitted_at > $4 AND admitted_at <= $5
+        WHERE opscode = $1 AND {column} = $2 AND verdict = ANY($3::text[]) AND voided_at IS NULL
+          AND admitted_at > $4
         """,
         request.opscode.value,
         subject,
         _COUNTED_VERDICTS,
+        # No upper bound: a row stamped later than this request's clock was admitted meanwhile (another
+        # workflow's clock ran ahead, or this activity was retried late) and must count all the same.
         request.at - timedelta(minutes=window_minutes),
-        request.at,
     )
     assert row is not None  # an aggregate without GROUP BY always yields one row
     return _WindowCount(
@@ -768,13 +787,12 @@ async def _count_storm(conn: asyncpg.Connection, request: AdmissionRequest, wind
         """
         SELECT count(*) FROM flow_control_admissions
         WHERE cluster_id = $1 AND source = $2 AND verdict = ANY($3::text[])
-          AND admitted_at > $4 AND admitted_at <= $5
+          AND admitted_at > $4
         """,
         request.cluster_id,
         OperationSource.ALERT.value,
         _COUNTED_VERDICTS,
-        request.at - timedelta(minutes=window_minutes),
-        request.at,
+        request.at - timedelta(minutes=window_minutes),  # no upper bound, as in _count_window
     )
     return int(count)
 

@@ -19,7 +19,7 @@ from houyi.http_client import HttpHouyiClient
 from store.repository import OperationStore
 from tests.helpers import SimulatorAdmin, eventually
 from worker import build_worker
-from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput
+from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput, StepStatus
 
 REQUESTER = "alice"
 APPROVERS = ["admin", "approver1", "approver2"]  # ops-admins as store.seed seeds it
@@ -62,9 +62,10 @@ async def running_worker(
 class Operations:
     """Starts operations and, at the end of the test, terminates the ones still open."""
 
-    def __init__(self, client: Client, task_queue: str) -> None:
+    def __init__(self, client: Client, task_queue: str, store: OperationStore) -> None:
         self.client = client
         self.task_queue = task_queue
+        self.store = store
         self.started: list[WorkflowHandle[Any, OperationResult]] = []
 
     async def start(
@@ -84,11 +85,66 @@ class Operations:
     async def reboot(self, nc_ip: str, **settings: Any) -> WorkflowHandle[Any, OperationResult]:
         return await self.start("NcForcedReboot", reboot_input(nc_ip, **settings))
 
+    async def wait(
+        self,
+        handle: WorkflowHandle[Any, Any],
+        state: OpsState,
+        *,
+        within: float = 15.0,
+        env: WorkflowEnvironment | None = None,
+        skip: timedelta | None = None,
+    ) -> OperationStatus:
+        """Polls the ``status`` query until the operation is in ``state``; for the states that wait for a
+        person, until it has settled there: the wait's audit row (``approval_requested``, ``step_failed``
+        for each waiting step) is written and no activity is in flight. Only then does a vote, command or
+        cancel find it waiting rather than still writing its audit.
+
+        On the time-skipping server, ``env`` and ``skip`` move the workflow clock a little on each poll (to
+        let activity retries through) without ever coming near the 24 h timeouts the states wait with.
+        """
+
+        async def check() -> OperationStatus:
+            status = await status_of(handle)
+            if status.state is not state and env is not None and skip is not None:
+                await env.sleep(skip)
+            assert status.state is state, f"{handle.id} is {status.state.value}, waiting for {state.value}"
+            if state in (OpsState.PENDING_APPROVAL, OpsState.STEP_FAILED):
+                audit = await self.store.list_audit(workflow_id=handle.id)
+                if state is OpsState.PENDING_APPROVAL:
+                    assert any(a.action == "approval_requested" for a in audit), "approval not audited yet"
+                else:
+                    failed = {a.params.get("step") for a in audit if a.action == "step_failed"}
+                    waiting = {s.name for s in status.steps if s.status is StepStatus.WAITING}
+                    assert waiting <= failed, f"failed steps not audited yet: {waiting - failed}"
+                in_flight = (await handle.describe()).raw_description.pending_activities
+                assert not in_flight, f"{handle.id} is {state.value} with activities in flight"
+            return status
+
+        return await eventually(check, within=within, interval=0.05)
+
     async def close(self) -> None:
         for handle in self.started:
             with contextlib.suppress(RPCError):
                 if (await handle.describe()).status is WorkflowExecutionStatus.RUNNING:
-                    await handle.terminate("test over")
+                    await terminate_when_quiet(handle, "test over")
+
+
+async def terminate_when_quiet(handle: WorkflowHandle[Any, Any], reason: str) -> None:
+    """Terminates the workflow once no activity of it is in flight.
+
+    The time-skipping test server keeps time skipping locked for good when an activity of a terminated
+    workflow was still running (its completion finds the workflow gone): every later ``sleep`` would hang.
+    """
+
+    async def quiet() -> None:
+        description = await handle.describe()
+        assert description.status is not WorkflowExecutionStatus.RUNNING or not (
+            description.raw_description.pending_activities
+        ), f"{handle.id} has activities in flight"
+
+    await eventually(quiet, within=10.0, interval=0.05)
+    if (await handle.describe()).status is WorkflowExecutionStatus.RUNNING:
+        await handle.terminate(reason)
 
 
 def reboot_input(nc_ip: str, *, requester: str = REQUESTER, **settings: Any) -> dict[str, Any]:
@@ -125,30 +181,6 @@ def re_online_input(nc_ips: list[str], **settings: Any) -> dict[str, Any]:
 
 async def status_of(handle: WorkflowHandle[Any, Any]) -> OperationStatus:
     return await handle.query("status", result_type=OperationStatus)
-
-
-async def wait_state(
-    handle: WorkflowHandle[Any, Any],
-    state: OpsState,
-    *,
-    within: float = 15.0,
-    env: WorkflowEnvironment | None = None,
-    skip: timedelta | None = None,
-) -> OperationStatus:
-    """Polls the ``status`` query until the operation is in ``state``.
-
-    On the time-skipping server, ``env`` and ``skip`` move the workflow clock a little on each poll (to
-    let activity retries through) without ever coming near the 24 h timeouts the waiting states have.
-    """
-
-    async def check() -> OperationStatus:
-        status = await status_of(handle)
-        if status.state is not state and env is not None and skip is not None:
-            await env.sleep(skip)
-        assert status.state is state, f"{handle.id} is {status.state.value}, waiting for {state.value}"
-        return status
-
-    return await eventually(check, within=within, interval=0.05)
 
 
 async def wait_status(

@@ -53,7 +53,7 @@ from tests.lifecycle_helpers import (
     result_in,
     running_worker,
     status_of,
-    wait_state,
+    terminate_when_quiet,
     wait_status,
 )
 from workflows.lifecycle import StepStatus
@@ -81,8 +81,10 @@ async def worker(
 
 
 @pytest.fixture
-async def ops(time_skipping_env: WorkflowEnvironment, worker: Worker) -> AsyncIterator[Operations]:
-    started = Operations(time_skipping_env.client, worker.task_queue)
+async def ops(
+    time_skipping_env: WorkflowEnvironment, worker: Worker, store: OperationStore
+) -> AsyncIterator[Operations]:
+    started = Operations(time_skipping_env.client, worker.task_queue, store)
     yield started
     await started.close()
 
@@ -120,7 +122,7 @@ async def test_a_manual_reboot_waits_for_approval_showing_its_plan_and_power_cyc
     assert vms, "the plan must have VMs to count"
     handle = await ops.reboot(nc["nc_ip"])
 
-    status = await wait_state(handle, OpsState.PENDING_APPROVAL)
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
     assert await ops_state_attribute(handle) == ["PendingApproval"]
     (host,) = status.hosts
     assert (host.nc_ip, host.vm_count, host.biz_status) == (nc["nc_ip"], len(vms), "free")
@@ -143,9 +145,12 @@ async def test_a_manual_reboot_waits_for_approval_showing_its_plan_and_power_cyc
     after = await admin.nc(nc["nc_ip"])
     assert after["biz_status"] == "nc_down"
     assert after["counters"]["power_cycles"] == 1 and after["counters"]["lock_applied"] == 1
-    assert await audit_of(store, handle.id) == [
+    audit = await audit_of(store, handle.id)
+    # The vote's row is written by the signal handler while the steps already run: its place among the
+    # step rows is not fixed, only that it comes after the request.
+    assert audit.index(("approve", "ok", "approver1")) > audit.index(("approval_requested", "ok", REQUESTER))
+    assert [row for row in audit if row[0] != "approve"] == [
         ("approval_requested", "ok", REQUESTER),
-        ("approve", "ok", "approver1"),
         ("PreLock", "ok", REQUESTER),
         (POWER_CYCLE, "ok", REQUESTER),
         ("WaitPowerOn", "ok", REQUESTER),
@@ -164,7 +169,7 @@ async def test_a_rejected_reboot_touches_nothing_and_gives_the_host_back(
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
 
     await reject(handle, "approver2", "not during the sale")
     result = await handle.result()
@@ -191,7 +196,7 @@ async def test_an_approval_that_never_comes_expires_with_nothing_touched(
     )
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
-    status = await wait_state(handle, OpsState.PENDING_APPROVAL)
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
     assert status.approval_deadline is not None
     now = await time_skipping_env.get_current_time()
     assert timedelta(minutes=89) < status.approval_deadline - now <= timedelta(minutes=90)
@@ -215,7 +220,7 @@ async def test_votes_from_a_non_approver_the_requester_or_a_repeat_voter_are_rec
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     # The requester is an approver too: only the self-approval rule stops them.
     handle = await ops.start("NcForcedReboot", reboot_input(nc["nc_ip"], requester="approver2"))
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
 
     await approve(handle, "approver1")
     await approve(handle, "approver1", "again")
@@ -247,14 +252,13 @@ async def test_two_of_n_one_approval_keeps_it_waiting_and_the_second_runs_it(
     await store.lifecycle.set_approval_policy(OpsCode.NC_FORCED_REBOOT, min_approvals=2, updated_by="test")
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
-    status = await wait_state(handle, OpsState.PENDING_APPROVAL)
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
     assert status.min_approvals == 2
 
     await approve(handle, "approver1")
-    status = await wait_status(handle, "the first vote", lambda s: len(s.votes) == 1)
+    await wait_status(handle, "the first vote", lambda s: len(s.votes) == 1)
     await asyncio.sleep(0.3)  # room to (wrongly) start running
-    status = await status_of(handle)
-    assert status.state is OpsState.PENDING_APPROVAL
+    assert (await status_of(handle)).state is OpsState.PENDING_APPROVAL
     assert await admin.touched(nc["nc_ip"]) == {}
 
     await approve(handle, "admin")
@@ -277,10 +281,10 @@ async def test_a_step_failing_for_good_waits_for_an_operator_and_retry_completes
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
     handle = await ops.reboot(nc["nc_ip"])
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await approve(handle)
 
-    status = await wait_state(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
+    status = await ops.wait(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
     assert await ops_state_attribute(handle) == ["StepFailed"]
     table = {s.name: s for s in status.steps}
     assert (table["PreLock"].status, table["PreLock"].start_count) == (StepStatus.SUCCEEDED, 1)
@@ -323,9 +327,9 @@ async def test_abort_at_a_failed_step_fails_the_operation_and_releases_the_host(
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
     handle = await ops.reboot(nc["nc_ip"])
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await approve(handle)
-    await wait_state(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
+    await ops.wait(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
 
     await command(handle, "abort", POWER_CYCLE, operator="bob", comment="send a technician")
     error = await failure_of(handle)
@@ -349,7 +353,7 @@ async def test_a_second_opscode_on_a_busy_host_is_refused_naming_the_operation_t
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     reboot = await ops.reboot(nc["nc_ip"])
-    await wait_state(reboot, OpsState.PENDING_APPROVAL)
+    await ops.wait(reboot, OpsState.PENDING_APPROVAL)
 
     lock = await ops.start("NcLock", lock_input(nc["nc_ip"]))
     error = await failure_of(lock)
@@ -370,7 +374,7 @@ async def test_the_same_opscode_submitted_twice_under_one_workflow_id_is_one_ope
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     workflow_id = f"0x400012-{nc['nc_ip']}"
     first = await ops.start("NcForcedReboot", reboot_input(nc["nc_ip"]), workflow_id=workflow_id)
-    await wait_state(first, OpsState.PENDING_APPROVAL)
+    await ops.wait(first, OpsState.PENDING_APPROVAL)
 
     second = await ops.start(
         "NcForcedReboot",
@@ -391,8 +395,8 @@ async def test_a_host_left_held_by_a_terminated_operation_is_taken_over_by_the_n
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     reboot = await ops.reboot(nc["nc_ip"])
-    await wait_state(reboot, OpsState.PENDING_APPROVAL)
-    await reboot.terminate("operator killed it from the UI")  # no finally runs: the lease stays behind
+    await ops.wait(reboot, OpsState.PENDING_APPROVAL)
+    await terminate_when_quiet(reboot, "operator killed it from the UI")  # no finally runs: the lease stays
     lease = await store.lifecycle.lease(nc["nc_ip"])
     assert lease is not None and lease.workflow_id == reboot.id
 
@@ -408,7 +412,7 @@ async def test_a_host_left_held_by_a_terminated_operation_is_taken_over_by_the_n
 
 async def reboot_approved(ops: Operations, nc_ip: str, **settings: Any) -> None:
     handle = await ops.reboot(nc_ip, **settings)
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await approve(handle)
     assert (await handle.result()).state is OpsState.SUCCEEDED
 
@@ -440,7 +444,7 @@ async def test_need_limit_zero_bypasses_flow_control_and_the_bypass_is_audited(
     await reboot_approved(ops, first["nc_ip"])
 
     handle = await ops.reboot(second["nc_ip"], needLimit=0)
-    status = await wait_state(handle, OpsState.PENDING_APPROVAL)
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
     assert "flow control bypassed (needLimit=0)" in status.plan
     await approve(handle)
 
@@ -456,10 +460,9 @@ async def test_a_rejected_reboot_does_not_use_up_the_clusters_flow_control_budge
     ops: Operations, admin: Simulator
 ) -> None:
     # A rejected (or expired) reboot never executed: the week's one reboot in the cluster is still there.
-    # Fails today: the admission is recorded as "admitted" before the approval gate and never voided.
     first, second = await admin.free_ncs(CLUSTER, 2)
     rejected = await ops.reboot(first["nc_ip"])
-    await wait_state(rejected, OpsState.PENDING_APPROVAL)
+    await ops.wait(rejected, OpsState.PENDING_APPROVAL)
     await reject(rejected, "approver1", "wrong host")
     assert (await rejected.result()).state is OpsState.REJECTED
 
@@ -474,14 +477,23 @@ async def test_a_rejected_reboot_does_not_use_up_the_clusters_flow_control_budge
 async def test_flow_control_windows_slide_on_the_workflow_clock(
     time_skipping_env: WorkflowEnvironment, ops: Operations, admin: Simulator
 ) -> None:
+    env = time_skipping_env
     first, second, third = await admin.free_ncs(CLUSTER, 3)
-    await reboot_approved(ops, first["nc_ip"])
+    handle = await ops.reboot(first["nc_ip"])
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
+    # Admitted just before the approval gate set its 24 h deadline (the clock does not move while we poll).
+    assert status.approval_deadline is not None
+    admitted_by = status.approval_deadline - timedelta(minutes=1440)
+    await approve(handle)
+    assert (await handle.result()).state is OpsState.SUCCEEDED  # the clock may jump while we wait
 
-    await time_skipping_env.sleep(timedelta(minutes=10070))
+    await env.sleep(admitted_by + timedelta(minutes=10070) - await env.get_current_time())
     still_within = await ops.reboot(second["nc_ip"])
-    assert (await still_within.result()).state is OpsState.ABANDONED
+    assert await eventually(lambda: settled_or_pending(still_within)) is OpsState.ABANDONED
+    error = (await status_of(still_within)).error
+    assert error is not None and f"cluster {CLUSTER}" in error and "within 10080 min" in error
 
-    await time_skipping_env.sleep(timedelta(minutes=11))
+    await env.sleep(admitted_by + timedelta(minutes=10081) - await env.get_current_time())
     await reboot_approved(ops, third["nc_ip"])
     assert (await admin.nc(third["nc_ip"]))["counters"]["power_cycles"] == 1
 
@@ -519,6 +531,8 @@ async def test_the_storm_breaker_runs_ten_automatic_reboots_in_a_cluster_and_hol
     tmp_path: Path,
     task_queue: str,
 ) -> None:
+    # Fails now and then today (about 1 run in 3 here): 11 run instead of 10, by the admission race that
+    # test_an_admission_delayed_in_flight_... below pins down deterministically.
     await seed_dev_approvers(store)
     lifecycle = store.lifecycle
     await lifecycle.set_flow_control_rule(FlowControlRule(opscode=OpsCode.NC_FORCED_REBOOT, enabled=False))
@@ -529,7 +543,7 @@ async def test_the_storm_breaker_runs_ten_automatic_reboots_in_a_cluster_and_hol
     hosts = [f"10.0.3.{i}" for i in range(1, 31)]
 
     async with running_worker(time_skipping_env.client, task_queue, fleet.url, store):
-        ops = Operations(time_skipping_env.client, task_queue)
+        ops = Operations(time_skipping_env.client, task_queue, store)
         try:
             handles = await asyncio.gather(
                 *(
@@ -622,7 +636,7 @@ async def test_the_capacity_guard_holds_a_lock_that_would_leave_the_cluster_unde
     ).state is OpsState.SUCCEEDED
 
     handle = await ops.start("NcLock", lock_input(second["nc_ip"]))  # 15 of 20: 75 %
-    status = await wait_state(handle, OpsState.PENDING_APPROVAL)
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
     (reason,) = status.approval_reasons
     assert reason.startswith("capacity guard: ") and CLUSTER in reason
     assert "15 of 20" in reason and "75% < 80%" in reason
@@ -640,11 +654,11 @@ async def test_the_capacity_guard_counts_hosts_other_running_operations_hold(
     gone, rebooting, locking = await admin.free_ncs(CLUSTER, 3)
     await admin.patch_nc(gone["nc_ip"], biz_status="mlock")  # 17 of 20 free
     reboot = await ops.reboot(rebooting["nc_ip"])  # holds its host while it waits for approval
-    await wait_state(reboot, OpsState.PENDING_APPROVAL)
+    await ops.wait(reboot, OpsState.PENDING_APPROVAL)
 
     handle = await ops.start("NcLock", lock_input(locking["nc_ip"]))  # 17 - 1 held - 1 = 15 of 20
 
-    status = await wait_state(handle, OpsState.PENDING_APPROVAL)
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
     (reason,) = status.approval_reasons
     assert "15 of 20" in reason and "1 held by other operations" in reason
     assert await admin.touched(locking["nc_ip"]) == {}
@@ -674,7 +688,7 @@ async def test_cancelling_a_reboot_waiting_for_approval_ends_it_cancelled_with_n
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
 
     await handle.cancel()
 
@@ -693,9 +707,9 @@ async def test_cancelling_a_reboot_waiting_at_a_failed_step_unlocks_the_host_it_
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
     handle = await ops.reboot(nc["nc_ip"], preLock=0)
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await approve(handle)
-    await wait_state(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
+    await ops.wait(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
     assert (await admin.nc(nc["nc_ip"]))["biz_status"] == "mlock"
 
     await handle.cancel()
@@ -709,21 +723,18 @@ async def test_cancelling_a_reboot_while_its_power_cycle_is_being_retried_unlock
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
     handle = await ops.reboot(nc["nc_ip"], preLock=0)
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await approve(handle)
     # Fails today: the cancel reaches the workflow as an ActivityError (cause CancelledError), which
     # lifecycle._run_admitted handles as a failure: no compensation, the row ends Failed.
-    # The first attempt failed; the activity waits (real time here) for its next attempt.
-    await wait_status(
-        handle,
-        "the power cycle's first attempt",
-        lambda s: s.state is OpsState.RUNNING and s.steps[1].status is StepStatus.RUNNING,
-    )
 
-    async def attempted() -> None:
-        assert await store.list_houyi_calls(caller=handle.id, action="oob_power_cycle")
+    async def between_attempts() -> None:
+        # The first attempt failed; the activity waits 2 s (real time here) to be tried again.
+        pending = (await handle.describe()).raw_description.pending_activities
+        assert [(p.activity_type.name, p.attempt) for p in pending] == [("PowerCycleNc", 2)]
 
-    await eventually(attempted)
+    await eventually(between_attempts)
+    assert (await status_of(handle)).steps[1].status is StepStatus.RUNNING
 
     await handle.cancel()
 
@@ -748,7 +759,7 @@ async def test_re_online_brings_three_down_hosts_back_at_most_two_at_a_time(
     # Each status change takes 0.2 s (real), so a host that waited for a slot starts visibly later.
     await admin.inject(action="set_nc_status", kind="latency", latency_seconds=0.2)
     handle = await ops.start("NcReOnline", re_online_input(ips, parallel=2))
-    status = await wait_state(handle, OpsState.PENDING_APPROVAL)
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
     assert [h.biz_status for h in status.hosts] == ["nc_down"] * 3
     await approve(handle)
 
@@ -795,10 +806,10 @@ async def test_re_online_of_one_host_failing_waits_while_the_others_finish_and_a
     broken = hosts[1]
     await admin.inject(action="set_nc_status", code=500, message="houyi busy", nc_id=broken["nc_id"])
     handle = await ops.start("NcReOnline", re_online_input(ips, parallel=2))
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await approve(handle)
 
-    await wait_state(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
+    await ops.wait(handle, OpsState.STEP_FAILED, env=time_skipping_env, skip=RETRIES)
     status = await wait_status(
         handle,
         "the healthy hosts done",

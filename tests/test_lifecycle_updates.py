@@ -24,7 +24,6 @@ from tests.lifecycle_helpers import (
     reboot_input,
     running_worker,
     status_of,
-    wait_state,
 )
 from workflows.lifecycle import (
     DecisionInput,
@@ -52,7 +51,7 @@ async def ops(
 ) -> AsyncIterator[Operations]:
     await seed_dev_approvers(store)
     async with running_worker(dev_server_env.client, task_queue, simulator.url, store) as worker:
-        started = Operations(dev_server_env.client, worker.task_queue)
+        started = Operations(dev_server_env.client, worker.task_queue, store)
         yield started
         await started.close()
 
@@ -100,7 +99,7 @@ async def test_decide_refuses_a_non_approver_and_the_requester_at_once_and_chang
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     # The requester is an approver too: only the self-approval rule stops them.
     handle = await ops.start("NcForcedReboot", reboot_input(nc["nc_ip"], requester="approver2"))
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     before = await snapshot(handle, store)
 
     stranger = await refusal_of_decision(handle, "mallory")
@@ -125,7 +124,7 @@ async def test_approve_through_decide_answers_the_decision_and_runs_the_reboot(
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
 
     decided = await decide(handle, "approver1", comment="hang confirmed")
 
@@ -146,7 +145,7 @@ async def test_decide_refuses_a_second_vote_and_a_vote_after_the_decision_and_tw
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_REFUSED)
     handle = await ops.reboot(nc["nc_ip"])
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
 
     first = await decide(handle, "approver1")
     assert (first.state, first.approvals, first.needed) == (OpsState.PENDING_APPROVAL, 1, 2)
@@ -159,7 +158,7 @@ async def test_decide_refuses_a_second_vote_and_a_vote_after_the_decision_and_tw
     second = await decide(handle, "admin")
     assert (second.approvals, second.needed) == (2, 2)
     # It ran: the lock applied, the power cycle refused for good, so it waits for an operator.
-    await wait_state(handle, OpsState.STEP_FAILED)
+    await ops.wait(handle, OpsState.STEP_FAILED)
     assert (await admin.nc(nc["nc_ip"]))["counters"]["lock_applied"] == 1
 
     before = await snapshot(handle, store)
@@ -180,9 +179,9 @@ async def test_operate_refuses_to_skip_a_step_that_is_not_skippable_and_retries_
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_REFUSED)
     handle = await ops.reboot(nc["nc_ip"])
-    await wait_state(handle, OpsState.PENDING_APPROVAL)
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await decide(handle, "approver1")
-    status = await wait_state(handle, OpsState.STEP_FAILED)
+    status = await ops.wait(handle, OpsState.STEP_FAILED)
     assert {s.name: s.status for s in status.steps}[POWER_CYCLE] is StepStatus.WAITING
     before = await snapshot(handle, store)
 

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         LifecycleActivities,
         OperationPolicy,
         PolicyRequest,
+        VoidAdmissions,
     )
     from activities.nc import DescribeNcInput, NcActivities
     from activities.operations import OperationActivities, OperationStateChange
@@ -315,12 +316,16 @@ class OperationWorkflow(Generic[RequestT]):
             OperationActivities.record_operation, self._new_operation(), **STORE
         )
         self.status.operation_id = started.operation_id
+        executing = False
         try:
             await self._admit()
             await self._approval_gate()
+            executing = True
             await self._enter(OpsState.RUNNING)
             await self.execute(request)
         except OperationEnded as ended:
+            if not executing:
+                await self._void_admissions(ended.state.value)
             result = await self._finish(ended.state, ended.message, error_type=ended.error_type)
             if ended.state is OpsState.FAILED:
                 # A failed operation fails its workflow; the per-host outcomes travel in the error's details.
@@ -333,10 +338,13 @@ class OperationWorkflow(Generic[RequestT]):
             # Abandoned, rejected, expired: decisions not to act, so the workflow completes with them.
             return result
         except asyncio.CancelledError:
-            await self._compensate()
-            await self._finish(OpsState.CANCELLED, "cancelled", error_type="Cancelled")
+            await self._cancelled(executing)
             raise
         except (ActivityError, ApplicationError) as failure:
+            if is_cancelled_exception(failure):
+                # Cancelled while a step's activity ran: the activity's cancellation is how it arrives.
+                await self._cancelled(executing)
+                raise
             message = (
                 str(failure.cause) if isinstance(failure, ActivityError) and failure.cause else str(failure)
             )
@@ -523,6 +531,20 @@ class OperationWorkflow(Generic[RequestT]):
             await self.audit("abandon", AuditResult.REFUSED, error_type="FlowControl", error_message=reasons)
             raise OperationEnded(OpsState.ABANDONED, f"abandoned by flow control: {reasons}")
         self.status.approval_reasons += held_reasons
+
+    async def _cancelled(self, executing: bool) -> None:
+        if not executing:
+            await self._void_admissions(OpsState.CANCELLED.value)
+        await self._compensate()
+        await self._finish(OpsState.CANCELLED, "cancelled", error_type="Cancelled")
+
+    async def _void_admissions(self, reason: str) -> None:
+        """Flow control counts executions: an operation that never ran gives its slots back."""
+        await workflow.execute_activity_method(
+            LifecycleActivities.void_admissions,
+            VoidAdmissions(workflow_id=self.workflow_id, reason=reason),
+            **STORE,
+        )
 
     def admitted_hosts(self) -> list[PlannedHost]:
         return [
