@@ -531,8 +531,8 @@ async def test_the_storm_breaker_runs_ten_automatic_reboots_in_a_cluster_and_hol
     tmp_path: Path,
     task_queue: str,
 ) -> None:
-    # Fails now and then today (about 1 run in 3 here): 11 run instead of 10, by the admission race that
-    # test_an_admission_delayed_in_flight_... below pins down deterministically.
+    # Concurrent admissions commit out of their workflows' clock order; before windows were counted
+    # without an upper bound, about 1 run in 3 let 11 through (pinned down by the next test).
     await seed_dev_approvers(store)
     lifecycle = store.lifecycle
     await lifecycle.set_flow_control_rule(FlowControlRule(opscode=OpsCode.NC_FORCED_REBOOT, enabled=False))
@@ -583,9 +583,8 @@ async def test_an_admission_delayed_in_flight_still_counts_an_automatic_operatio
     ops: Operations, admin: Simulator, store: OperationStore, database_url: str
 ) -> None:
     # Threshold 1: once one automatic operation ran in the cluster this hour, the next waits for a person.
-    # Fails today: store.lifecycle counts windows as (at - window, at], so a row with a later ``at`` that
-    # committed first is invisible to an admission still in flight. The storm test above trips on the same
-    # race now and then, when 30 concurrent admissions commit out of their clock order.
+    # A window counted as (at - window, at] misses a row with a later ``at`` that committed first, so an
+    # admission still in flight would not see it.
     await store.lifecycle.set_storm_breaker(StormBreaker(cluster_id=CLUSTER, threshold=1, window_minutes=60))
     first, second = await admin.free_ncs(CLUSTER, 2)
     alert = {"requester": "alert-engine", "source": "alert"}
@@ -725,8 +724,8 @@ async def test_cancelling_a_reboot_while_its_power_cycle_is_being_retried_unlock
     handle = await ops.reboot(nc["nc_ip"], preLock=0)
     await ops.wait(handle, OpsState.PENDING_APPROVAL)
     await approve(handle)
-    # Fails today: the cancel reaches the workflow as an ActivityError (cause CancelledError), which
-    # lifecycle._run_admitted handles as a failure: no compensation, the row ends Failed.
+    # While an activity is pending the cancel arrives as an ActivityError (cause CancelledError), not as
+    # asyncio.CancelledError: it must still compensate and end Cancelled, not Failed.
 
     async def between_attempts() -> None:
         # The first attempt failed; the activity waits 2 s (real time here) to be tried again.

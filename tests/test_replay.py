@@ -34,6 +34,9 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_forced_reboot_abandoned",
         "nc_forced_reboot_rejected",
         "nc_re_online_step_retried",
+        # Recorded before workflow.patched("void-unexecuted-admissions"): they must still replay.
+        "nc_forced_reboot_rejected_before_void_patch",
+        "nc_forced_reboot_abandoned_before_void_patch",
     }
     recorded_types = {
         json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][

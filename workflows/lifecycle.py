@@ -52,6 +52,9 @@ with workflow.unsafe.imports_passed_through():
 RequestT = TypeVar("RequestT", bound=BaseModel)
 T = TypeVar("T")
 
+# workflow.patched ids: changes made while operations run (tests/test_replay.py replays the older histories).
+VOID_UNEXECUTED_ADMISSIONS = "void-unexecuted-admissions"
+
 # How long a failed step waits for an operator before the operation ends as failed.
 STEP_FAILED_TIMEOUT = timedelta(hours=24)
 
@@ -540,6 +543,9 @@ class OperationWorkflow(Generic[RequestT]):
 
     async def _void_admissions(self, reason: str) -> None:
         """Flow control counts executions: an operation that never ran gives its slots back."""
+        # Added after operations were already running; histories from before replay without it.
+        if not workflow.patched(VOID_UNEXECUTED_ADMISSIONS):
+            return
         await workflow.execute_activity_method(
             LifecycleActivities.void_admissions,
             VoidAdmissions(workflow_id=self.workflow_id, reason=reason),
