@@ -100,7 +100,10 @@ async def test_the_readme_reboot_then_re_online_run_after_approval_by_signal(
     host = await admin.nc(nc["nc_ip"])
     assert (host["biz_status"], host["power_state"]) == ("nc_down", "on")
     assert host["counters"]["power_cycles"] == 1 and host["counters"]["dumps"] == 1
-    steps = [a.action for a in await store_view.list_audit(workflow_id=reboot_id)]
+    audit = await store_view.list_audit(workflow_id=reboot_id)
+    request = next(a for a in audit if a.action == "approval_requested")
+    assert any(f"{vms} VM(s) on it" in line for line in request.params["plan"]), "approvers see the plan"
+    steps = [a.action for a in audit]
     assert steps == [
         "approval_requested",
         "approve",

@@ -599,7 +599,8 @@ class OperationWorkflow(Generic[RequestT]):
         await self.audit(
             "approval_requested",
             AuditResult.OK,
-            params={"reasons": reasons, "approvers": self.status.approvers},
+            # The approver decides on the plan, not on a bare opscode.
+            params={"reasons": reasons, "approvers": self.status.approvers, "plan": self.status.plan},
         )
         try:
             await workflow.wait_condition(
