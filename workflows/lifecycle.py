@@ -10,6 +10,7 @@ operator retry / skip / abort, compensation on cancel, and the record in the sto
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -242,7 +243,7 @@ class OperationEnded(Exception):
         self.error_type = error_type
 
 
-class OperationWorkflow(Generic[RequestT]):
+class OperationWorkflow(abc.ABC, Generic[RequestT]):
     """Base of every opscode workflow. Subclasses set ``OPSCODE`` and ``INPUT`` and implement ``plan`` and
     ``execute``; their ``@workflow.run`` method is ``return await self.lifecycle(raw_input)``."""
 
@@ -264,14 +265,14 @@ class OperationWorkflow(Generic[RequestT]):
 
     # ---- hooks for the opscode ---------------------------------------------------------------------
 
+    @abc.abstractmethod
     async def plan(self, request: RequestT) -> list[str]:
         """Reads the hosts (``self.describe``), refuses what cannot be done (``self.refuse``), declares the
         steps (``self.declare_steps``) and returns the plan's lines."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def execute(self, request: RequestT) -> None:
         """Runs the steps (``self.step``) and fills ``self.status.outcomes``."""
-        raise NotImplementedError
 
     # ---- the lifecycle -----------------------------------------------------------------------------
 
