@@ -778,3 +778,37 @@ async def test_the_lifecycle_migration_turns_timed_out_operations_into_expired_o
         await conn.close()
 
     assert state == "Expired"
+
+
+async def test_a_voided_admission_gives_its_flow_control_slot_back_but_still_counts_for_the_storm(
+    store: OperationStore,
+) -> None:
+    await store.lifecycle.set_flow_control_rule(rule(region_limit=1, cluster_limit=1))
+    await store.lifecycle.set_storm_breaker(StormBreaker(cluster_id=CLUSTER, threshold=1, window_minutes=60))
+    rejected = await store.lifecycle.admit(admission("wf-rejected", source=OperationSource.ALERT))
+    assert rejected.verdict is AdmissionVerdict.ADMITTED
+
+    assert await store.lifecycle.void_admissions("wf-rejected", "Rejected") == 1
+    assert await store.lifecycle.void_admissions("wf-rejected", "Rejected") == 0, "voiding is idempotent"
+
+    manual = await store.lifecycle.admit(admission("wf-next", minutes=1))
+    # A lock (no flow control) from an alert: the storm breaker still counts the rejected alert.
+    automatic = await store.lifecycle.admit(
+        admission("wf-alert", minutes=2, opscode=OpsCode.NC_LOCK, nc_ip=HOST_B, source=OperationSource.ALERT)
+    )
+    assert manual.verdict is AdmissionVerdict.ADMITTED and manual.cluster_count == 0
+    assert automatic.verdict is AdmissionVerdict.HELD_FOR_APPROVAL and automatic.storm_count == 1
+
+
+async def test_voiding_a_multi_host_operation_voids_each_of_its_hosts_admissions(
+    store: OperationStore,
+) -> None:
+    await store.lifecycle.set_flow_control_rule(rule(region_limit=5, cluster_limit=5))
+    for host in (HOST_A, HOST_B):
+        await store.lifecycle.admit(admission(f"wf-multi/{host}", nc_ip=host))
+    await store.lifecycle.admit(admission("wf-multiple", nc_ip=HOST_A))
+
+    assert await store.lifecycle.void_admissions("wf-multi", "Expired") == 2
+    assert (
+        await store.lifecycle.admit(admission("wf-after", minutes=1))
+    ).cluster_count == 1  # only wf-multiple
