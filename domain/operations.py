@@ -57,12 +57,11 @@ class OpsState(StrEnum):
         )
 
 
-class OperationRequest(BaseModel):
-    """The fields every single-host operation's input shares."""
+class OperationInput(BaseModel):
+    """Who asks for an operation and why: the fields every operation's input shares."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    nc_ip: NcIp
     requester: str = Field(min_length=1, max_length=128)
     reason_category: ReasonCategory
     reason: str = Field(default="", max_length=2000)
@@ -70,21 +69,22 @@ class OperationRequest(BaseModel):
     source: OperationSource = OperationSource.MANUAL
 
     @property
-    def hosts(self) -> list[str]:
-        return [self.nc_ip]
+    def settings_by_product_name(self) -> dict[str, Any]:
+        """The settings under the product's names, as the operation row keeps them."""
+        settings = getattr(self, "settings", None)
+        return settings.model_dump(by_alias=True) if isinstance(settings, BaseModel) else {}
 
 
-class MultiHostRequest(BaseModel):
-    """The fields an operation on several hosts at once shares (``nc_ips`` instead of ``nc_ip``)."""
+class OperationRequest(OperationInput):
+    """Input of an operation on one host."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    nc_ip: NcIp
+
+
+class MultiHostRequest(OperationInput):
+    """Input of an operation on several hosts at once (``nc_ips`` instead of ``nc_ip``)."""
 
     nc_ips: list[NcIp] = Field(min_length=1, max_length=200)
-    requester: str = Field(min_length=1, max_length=128)
-    reason_category: ReasonCategory
-    reason: str = Field(default="", max_length=2000)
-    ticket: str | None = Field(default=None, max_length=128)
-    source: OperationSource = OperationSource.MANUAL
 
     @field_validator("nc_ips")
     @classmethod
@@ -93,10 +93,6 @@ class MultiHostRequest(BaseModel):
         if repeated:
             raise ValueError(f"hosts listed more than once: {', '.join(repeated)}")
         return nc_ips
-
-    @property
-    def hosts(self) -> list[str]:
-        return list(self.nc_ips)
 
 
 class NcLockInput(OperationRequest):

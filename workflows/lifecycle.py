@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         HostOutcome,
         HostOutcomeKind,
         InputRefused,
+        OperationInput,
         OperationResult,
         OperationSource,
         OpsState,
@@ -50,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from store.repository import AuditEntry, AuditResult, NewOperation
     from workflows.common import HOUYI_READ, STORE, cause_type
 
-RequestT = TypeVar("RequestT", bound=BaseModel)
+RequestT = TypeVar("RequestT", bound=OperationInput)
 T = TypeVar("T")
 
 # workflow.patched ids: changes made while operations run (tests/test_replay.py replays the older histories).
@@ -248,7 +249,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
     ``execute``; their ``@workflow.run`` method is ``return await self.lifecycle(raw_input)``."""
 
     OPSCODE: ClassVar[OpsCode]
-    INPUT: ClassVar[type[BaseModel]]
+    INPUT: ClassVar[type[Any]]  # the opscode's RequestT
 
     def __init__(self) -> None:
         self.spec: OpsCodeSpec = CATALOG[self.OPSCODE]
@@ -289,12 +290,12 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self._note_raw_hosts(raw_input)
         self._publish()
         try:
-            self._request = parse_input(self.INPUT, raw_input)  # type: ignore[assignment]
+            self._request = parse_input(self.INPUT, raw_input)
         except InputRefused as refusal:
             await self.refuse(refusal.error_type, str(refusal), params={"input": raw_input})
         request = self.request
-        self.status.requester = request.requester  # type: ignore[attr-defined]
-        self.status.source = request.source  # type: ignore[attr-defined]
+        self.status.requester = request.requester
+        self.status.source = request.source
         workflow.upsert_search_attributes([sa.REQUESTER.value_set(self.status.requester or "")])
 
         policy = await workflow.execute_activity_method(
@@ -436,7 +437,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         return [h.nc_ip for h in self.status.hosts] or self._raw_hosts
 
     def _new_operation(self) -> NewOperation:
-        request: Any = self.request
+        request = self.request
         first = self.status.hosts[0]
         return NewOperation(
             workflow_id=self.workflow_id,
@@ -452,7 +453,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             reason_category=request.reason_category,
             reason=request.reason,
             ticket=request.ticket,
-            settings=request.settings.model_dump(by_alias=True),
+            settings=request.settings_by_product_name,
             state=OpsState.VALIDATING,
         )
 
@@ -494,8 +495,9 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
     # ---- flow control, storm breaker, capacity guard -------------------------------------------------
 
     async def _admit(self) -> None:
-        request: Any = self.request
-        bypass = getattr(request.settings, "need_limit", 1) == 0
+        request = self.request
+        # needLimit = 0 bypasses flow control; opscodes without that setting never do.
+        bypass = getattr(getattr(request, "settings", None), "need_limit", 1) == 0
         held_reasons: list[str] = []
         admitted = 0
         for host in self.status.hosts:
@@ -903,7 +905,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         error_message: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> None:
-        request: Any = self._request
+        request = self._request
         hosts = self._hosts()
         # Deterministic and unique per event in this run: a retried activity writes the row once.
         self._audit_seq += 1
