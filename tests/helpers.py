@@ -44,6 +44,23 @@ class SimulatorAdmin:
     async def reset(self) -> Any:
         return await self._request("POST", "/admin/reset")
 
+    async def patch_nc(self, nc_ip: str, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("PATCH", f"/admin/ncs/{nc_ip}", fields)
+        return result
+
+    async def free_ncs(self, cluster_id: str, count: int) -> list[dict[str, Any]]:
+        """``count`` free hosts of the cluster, in fleet order."""
+        found = [
+            nc for nc in await self.ncs() if nc["cluster_id"] == cluster_id and nc["biz_status"] == "free"
+        ]
+        assert len(found) >= count, f"{cluster_id} has {len(found)} free hosts, the test needs {count}"
+        return found[:count]
+
+    async def touched(self, nc_ip: str) -> dict[str, int]:
+        """The counters of every change the simulator applied to the host (all 0: nothing touched)."""
+        counters: dict[str, int] = (await self.nc(nc_ip))["counters"]
+        return {name: value for name, value in counters.items() if value}
+
     async def first_nc(self, status: str, *, exclude: set[str] | None = None) -> dict[str, Any]:
         for nc in await self.ncs():
             if nc["biz_status"] == status and nc["nc_ip"] not in (exclude or set()):

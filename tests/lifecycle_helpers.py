@@ -17,7 +17,7 @@ from temporalio.worker import Worker
 from domain.operations import OperationResult, OpsState
 from houyi.http_client import HttpHouyiClient
 from store.repository import OperationStore
-from tests.helpers import SimulatorAdmin, eventually
+from tests.helpers import eventually
 from worker import build_worker
 from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput, StepStatus
 
@@ -25,27 +25,6 @@ REQUESTER = "alice"
 APPROVERS = ["admin", "approver1", "approver2"]  # ops-admins as store.seed seeds it
 
 WORKFLOW_OPSCODES = {"NcForcedReboot": "0x400012", "NcLock": "0x410A01", "NcReOnline": "0x400011"}
-
-
-class Simulator(SimulatorAdmin):
-    """The admin API, plus setting a host's status or power for a test's setup."""
-
-    async def patch_nc(self, nc_ip: str, **fields: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("PATCH", f"/admin/ncs/{nc_ip}", fields)
-        return result
-
-    async def free_ncs(self, cluster_id: str, count: int) -> list[dict[str, Any]]:
-        """``count`` free hosts of the cluster, in fleet order."""
-        found = [
-            nc for nc in await self.ncs() if nc["cluster_id"] == cluster_id and nc["biz_status"] == "free"
-        ]
-        assert len(found) >= count, f"{cluster_id} has {len(found)} free hosts, the test needs {count}"
-        return found[:count]
-
-    async def touched(self, nc_ip: str) -> dict[str, int]:
-        """The counters of every change the simulator applied to the host (all 0: nothing touched)."""
-        counters: dict[str, int] = (await self.nc(nc_ip))["counters"]
-        return {name: value for name, value in counters.items() if value}
 
 
 @contextlib.asynccontextmanager

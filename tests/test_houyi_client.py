@@ -27,11 +27,6 @@ CALLER = CallContext(caller="test-caller")
 
 
 @pytest.fixture
-async def admin(simulator: Any) -> SimulatorAdmin:
-    return SimulatorAdmin(simulator.url)
-
-
-@pytest.fixture
 async def houyi(simulator: Any, store: OperationStore) -> AsyncIterator[HttpHouyiClient]:
     async with HttpHouyiClient(simulator.url, recorder=store, timeout_seconds=5) as client:
         yield client

@@ -36,12 +36,11 @@ from store.lifecycle import (
 from store.repository import AuditResult, OperationStore
 from store.seed import seed_dev_approvers
 from tests.fixtures.simulator import SimulatorFactory, small_fleet, write_fleet
-from tests.helpers import eventually
+from tests.helpers import SimulatorAdmin, eventually
 from tests.lifecycle_helpers import (
     APPROVERS,
     REQUESTER,
     Operations,
-    Simulator,
     approve,
     command,
     failure_of,
@@ -64,11 +63,6 @@ CLUSTER = "ECS-CPU-A-8976"  # demo fleet: 20 hosts, 18 free, region cn-qd-d01
 POWER_CYCLE_DOWN = {"action": "oob_power_cycle", "code": 500, "message": "bmc down"}
 # Moves the workflow clock past an activity's retries (2 s apart for a 5xx) while a test polls.
 RETRIES = timedelta(seconds=5)
-
-
-@pytest.fixture
-async def admin(simulator: Any) -> Simulator:
-    return Simulator(simulator.url)
 
 
 @pytest.fixture
@@ -115,7 +109,7 @@ async def admitted_once(store: OperationStore, workflow_id: str) -> None:
 
 
 async def test_a_manual_reboot_waits_for_approval_showing_its_plan_and_power_cycles_once_when_approved(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     vms = (await admin.nc(nc["nc_ip"]))["vms"]
@@ -165,7 +159,7 @@ async def test_a_manual_reboot_waits_for_approval_showing_its_plan_and_power_cyc
 
 
 async def test_a_rejected_reboot_touches_nothing_and_gives_the_host_back(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
@@ -189,7 +183,7 @@ async def test_a_rejected_reboot_touches_nothing_and_gives_the_host_back(
 
 
 async def test_an_approval_that_never_comes_expires_with_nothing_touched(
-    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: Simulator, store: OperationStore
+    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     await store.lifecycle.set_approval_policy(
         OpsCode.NC_FORCED_REBOOT, approval_timeout_minutes=90, updated_by="test"
@@ -214,7 +208,7 @@ async def test_an_approval_that_never_comes_expires_with_nothing_touched(
 
 
 async def test_votes_from_a_non_approver_the_requester_or_a_repeat_voter_are_recorded_and_ignored(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     await store.lifecycle.set_approval_policy(OpsCode.NC_FORCED_REBOOT, min_approvals=2, updated_by="test")
     (nc,) = await admin.free_ncs(CLUSTER, 1)
@@ -247,7 +241,7 @@ async def test_votes_from_a_non_approver_the_requester_or_a_repeat_voter_are_rec
 
 
 async def test_two_of_n_one_approval_keeps_it_waiting_and_the_second_runs_it(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     await store.lifecycle.set_approval_policy(OpsCode.NC_FORCED_REBOOT, min_approvals=2, updated_by="test")
     (nc,) = await admin.free_ncs(CLUSTER, 1)
@@ -276,7 +270,7 @@ async def test_two_of_n_one_approval_keeps_it_waiting_and_the_second_runs_it(
 
 
 async def test_a_step_failing_for_good_waits_for_an_operator_and_retry_completes_it_once_the_fault_clears(
-    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: Simulator, store: OperationStore
+    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
@@ -322,7 +316,7 @@ async def test_a_step_failing_for_good_waits_for_an_operator_and_retry_completes
 
 
 async def test_abort_at_a_failed_step_fails_the_operation_and_releases_the_host(
-    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: Simulator, store: OperationStore
+    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
@@ -349,7 +343,7 @@ async def test_abort_at_a_failed_step_fails_the_operation_and_releases_the_host(
 
 
 async def test_a_second_opscode_on_a_busy_host_is_refused_naming_the_operation_that_holds_it(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     reboot = await ops.reboot(nc["nc_ip"])
@@ -369,7 +363,7 @@ async def test_a_second_opscode_on_a_busy_host_is_refused_naming_the_operation_t
 
 
 async def test_the_same_opscode_submitted_twice_under_one_workflow_id_is_one_operation(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     workflow_id = f"0x400012-{nc['nc_ip']}"
@@ -391,7 +385,7 @@ async def test_the_same_opscode_submitted_twice_under_one_workflow_id_is_one_ope
 
 
 async def test_a_host_left_held_by_a_terminated_operation_is_taken_over_by_the_next_one(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     reboot = await ops.reboot(nc["nc_ip"])
@@ -418,7 +412,7 @@ async def reboot_approved(ops: Operations, nc_ip: str, **settings: Any) -> None:
 
 
 async def test_a_second_reboot_in_the_cluster_within_the_week_is_abandoned_with_nothing_touched(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     first, second = await admin.free_ncs(CLUSTER, 2)
     await reboot_approved(ops, first["nc_ip"])
@@ -438,7 +432,7 @@ async def test_a_second_reboot_in_the_cluster_within_the_week_is_abandoned_with_
 
 
 async def test_need_limit_zero_bypasses_flow_control_and_the_bypass_is_audited(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     first, second = await admin.free_ncs(CLUSTER, 2)
     await reboot_approved(ops, first["nc_ip"])
@@ -457,7 +451,7 @@ async def test_need_limit_zero_bypasses_flow_control_and_the_bypass_is_audited(
 
 
 async def test_a_rejected_reboot_does_not_use_up_the_clusters_flow_control_budget(
-    ops: Operations, admin: Simulator
+    ops: Operations, admin: SimulatorAdmin
 ) -> None:
     # A rejected (or expired) reboot never executed: the week's one reboot in the cluster is still there.
     first, second = await admin.free_ncs(CLUSTER, 2)
@@ -475,7 +469,7 @@ async def test_a_rejected_reboot_does_not_use_up_the_clusters_flow_control_budge
 
 
 async def test_flow_control_windows_slide_on_the_workflow_clock(
-    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: Simulator
+    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin
 ) -> None:
     env = time_skipping_env
     first, second, third = await admin.free_ncs(CLUSTER, 3)
@@ -539,7 +533,7 @@ async def test_the_storm_breaker_runs_ten_automatic_reboots_in_a_cluster_and_hol
     await lifecycle.set_capacity_guard(CapacityGuard(cluster_id="*", enabled=False))
     await lifecycle.set_storm_breaker(StormBreaker(cluster_id=STORM_CLUSTER, threshold=10, window_minutes=60))
     fleet = await simulator_factory(write_fleet(tmp_path / "storm.json", storm_fleet()))
-    admin = Simulator(fleet.url)
+    admin = SimulatorAdmin(fleet.url)
     hosts = [f"10.0.3.{i}" for i in range(1, 31)]
 
     async with running_worker(time_skipping_env.client, task_queue, fleet.url, store):
@@ -580,7 +574,7 @@ async def test_the_storm_breaker_runs_ten_automatic_reboots_in_a_cluster_and_hol
 
 
 async def test_an_admission_delayed_in_flight_still_counts_an_automatic_operation_admitted_meanwhile(
-    ops: Operations, admin: Simulator, store: OperationStore, database_url: str
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore, database_url: str
 ) -> None:
     # Threshold 1: once one automatic operation ran in the cluster this hour, the next waits for a person.
     # A window counted as (at - window, at] misses a row with a later ``at`` that committed first, so an
@@ -624,7 +618,7 @@ async def test_an_admission_delayed_in_flight_still_counts_an_automatic_operatio
 
 
 async def test_the_capacity_guard_holds_a_lock_that_would_leave_the_cluster_under_80_percent_schedulable(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     gone, first, second = await admin.free_ncs(CLUSTER, 3)
     await admin.patch_nc(gone["nc_ip"], biz_status="mlock")  # 17 of 20 free
@@ -648,7 +642,7 @@ async def test_the_capacity_guard_holds_a_lock_that_would_leave_the_cluster_unde
 
 
 async def test_the_capacity_guard_counts_hosts_other_running_operations_hold(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     gone, rebooting, locking = await admin.free_ncs(CLUSTER, 3)
     await admin.patch_nc(gone["nc_ip"], biz_status="mlock")  # 17 of 20 free
@@ -667,7 +661,7 @@ async def test_the_capacity_guard_counts_hosts_other_running_operations_hold(
 
 
 async def assert_cancelled_and_compensated(
-    handle: Any, admin: Simulator, store: OperationStore, nc_ip: str
+    handle: Any, admin: SimulatorAdmin, store: OperationStore, nc_ip: str
 ) -> None:
     with pytest.raises(WorkflowFailureError) as caught:
         await handle.result()
@@ -683,7 +677,7 @@ async def assert_cancelled_and_compensated(
 
 
 async def test_cancelling_a_reboot_waiting_for_approval_ends_it_cancelled_with_nothing_touched(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
@@ -701,7 +695,7 @@ async def test_cancelling_a_reboot_waiting_for_approval_ends_it_cancelled_with_n
 
 
 async def test_cancelling_a_reboot_waiting_at_a_failed_step_unlocks_the_host_it_locked(
-    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: Simulator, store: OperationStore
+    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
@@ -717,7 +711,7 @@ async def test_cancelling_a_reboot_waiting_at_a_failed_step_unlocks_the_host_it_
 
 
 async def test_cancelling_a_reboot_while_its_power_cycle_is_being_retried_unlocks_the_host_it_locked(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_DOWN)
@@ -743,7 +737,7 @@ async def test_cancelling_a_reboot_while_its_power_cycle_is_being_retried_unlock
 # ---- 0x400011 re-online ---------------------------------------------------------------------------------
 
 
-async def down_hosts(admin: Simulator, count: int) -> list[dict[str, Any]]:
+async def down_hosts(admin: SimulatorAdmin, count: int) -> list[dict[str, Any]]:
     hosts = await admin.free_ncs(CLUSTER, count)
     for nc in hosts:
         await admin.patch_nc(nc["nc_ip"], biz_status="nc_down")
@@ -751,7 +745,7 @@ async def down_hosts(admin: Simulator, count: int) -> list[dict[str, Any]]:
 
 
 async def test_re_online_brings_three_down_hosts_back_at_most_two_at_a_time(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     hosts = await down_hosts(admin, 3)
     ips = [nc["nc_ip"] for nc in hosts]
@@ -783,7 +777,7 @@ async def test_re_online_brings_three_down_hosts_back_at_most_two_at_a_time(
 
 
 async def test_re_online_refuses_a_host_in_the_wrong_status_naming_it(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (down,) = await down_hosts(admin, 1)
     (free,) = await admin.free_ncs(CLUSTER, 1)
@@ -798,7 +792,7 @@ async def test_re_online_refuses_a_host_in_the_wrong_status_naming_it(
 
 
 async def test_re_online_of_one_host_failing_waits_while_the_others_finish_and_abort_reports_each_host(
-    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: Simulator, store: OperationStore
+    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     hosts = await down_hosts(admin, 3)
     ips = [nc["nc_ip"] for nc in hosts]
@@ -843,7 +837,7 @@ async def test_re_online_of_one_host_failing_waits_while_the_others_finish_and_a
 
 
 async def test_a_reboot_of_an_offline_host_is_refused_before_anything_is_touched(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     nc = await admin.first_nc("offline")
     before = await store.count_rows()

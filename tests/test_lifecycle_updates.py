@@ -17,9 +17,9 @@ from domain.operations import OperationResult, OpsState
 from domain.opscodes import OpsCode
 from store.repository import OperationStore
 from store.seed import seed_dev_approvers
+from tests.helpers import SimulatorAdmin
 from tests.lifecycle_helpers import (
     Operations,
-    Simulator,
     command,
     reboot_input,
     running_worker,
@@ -38,11 +38,6 @@ from workflows.nc_forced_reboot import POWER_CYCLE, PRE_LOCK
 CLUSTER = "ECS-CPU-A-8976"
 # 409: Houyi says no for good, so the step fails on its first attempt and waits for an operator at once.
 POWER_CYCLE_REFUSED = {"action": "oob_power_cycle", "code": 409, "message": "bmc locked by another session"}
-
-
-@pytest.fixture
-async def admin(simulator: Any) -> Simulator:
-    return Simulator(simulator.url)
 
 
 @pytest.fixture
@@ -94,7 +89,7 @@ async def snapshot(handle: WorkflowHandle[Any, OperationResult], store: Operatio
 
 
 async def test_decide_refuses_a_non_approver_and_the_requester_at_once_and_changes_nothing(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     # The requester is an approver too: only the self-approval rule stops them.
@@ -120,7 +115,7 @@ async def test_decide_refuses_a_non_approver_and_the_requester_at_once_and_chang
 
 
 async def test_approve_through_decide_answers_the_decision_and_runs_the_reboot(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     handle = await ops.reboot(nc["nc_ip"])
@@ -139,7 +134,7 @@ async def test_approve_through_decide_answers_the_decision_and_runs_the_reboot(
 
 
 async def test_decide_refuses_a_second_vote_and_a_vote_after_the_decision_and_two_of_n_runs_it(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     await store.lifecycle.set_approval_policy(OpsCode.NC_FORCED_REBOOT, min_approvals=2, updated_by="test")
     (nc,) = await admin.free_ncs(CLUSTER, 1)
@@ -174,7 +169,7 @@ async def test_decide_refuses_a_second_vote_and_a_vote_after_the_decision_and_tw
 
 
 async def test_operate_refuses_to_skip_a_step_that_is_not_skippable_and_retries_it_on_request(
-    ops: Operations, admin: Simulator, store: OperationStore
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
 ) -> None:
     (nc,) = await admin.free_ncs(CLUSTER, 1)
     await admin.inject(**POWER_CYCLE_REFUSED)

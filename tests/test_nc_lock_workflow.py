@@ -24,11 +24,6 @@ from workflows.nc_lock import NcLockWorkflow
 
 
 @pytest.fixture
-async def admin(simulator: Any) -> SimulatorAdmin:
-    return SimulatorAdmin(simulator.url)
-
-
-@pytest.fixture
 async def lock_worker(
     time_skipping_env: WorkflowEnvironment, simulator: Any, store: OperationStore, task_queue: str
 ) -> AsyncIterator[Worker]:
