@@ -16,7 +16,9 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.evacuation import DEFAULT_MIGRATION_POLL_SECONDS, EvacuationActivities
 from activities.lifecycle import LifecycleActivities
+from activities.maintenance import MaintenanceActivities
 from activities.nc import DEFAULT_POWER_POLL_SECONDS, NcActivities
 from activities.operations import OperationActivities
 from houyi.http_client import HttpHouyiClient
@@ -26,14 +28,24 @@ from runtime.config import Settings
 from runtime.logging import configure_logging
 from runtime.temporal import connect, runtime_with_prometheus
 from store.embedded import resolve_database_url
+from store.maintenance import MaintenanceWindowStore
 from store.repository import OperationStore
+from workflows.nc_deep_offline import NcDeepOfflineColdWorkflow, NcDeepOfflineWorkflow
 from workflows.nc_forced_reboot import NcForcedRebootWorkflow
 from workflows.nc_lock import NcLockWorkflow
 from workflows.nc_re_online import NcReOnlineWorkflow
+from workflows.whole_host_migration import WholeHostMigrationWorkflow
 
 log = structlog.get_logger("worker")
 
-WORKFLOWS: Sequence[type] = (NcLockWorkflow, NcForcedRebootWorkflow, NcReOnlineWorkflow)
+WORKFLOWS: Sequence[type] = (
+    NcLockWorkflow,
+    NcForcedRebootWorkflow,
+    NcReOnlineWorkflow,
+    NcDeepOfflineWorkflow,
+    NcDeepOfflineColdWorkflow,
+    WholeHostMigrationWorkflow,
+)
 
 
 def activities_for(
@@ -42,11 +54,19 @@ def activities_for(
     store: OperationStore,
     *,
     power_poll_seconds: float = DEFAULT_POWER_POLL_SECONDS,
+    migration_poll_seconds: float = DEFAULT_MIGRATION_POLL_SECONDS,
+    time_scale: float = 1.0,
 ) -> list[Any]:
-    """Every activity, bound to its injected clients."""
+    """Every activity, bound to its injected clients.
+
+    ``time_scale`` shrinks the real waits that model Houyi's (migration deadlines, throttle back-off) when
+    Houyi is the simulator running faster than real time; production leaves it at 1.
+    """
     nc = NcActivities(houyi, power_poll_seconds=power_poll_seconds)
     operations = OperationActivities(store)
     lifecycle = LifecycleActivities(store, houyi, client)
+    evacuation = EvacuationActivities(houyi, poll_seconds=migration_poll_seconds, time_scale=time_scale)
+    maintenance = MaintenanceActivities(MaintenanceWindowStore.of(store))
     return [
         nc.describe_nc,
         nc.lock_nc,
@@ -64,6 +84,19 @@ def activities_for(
         lifecycle.admit,
         lifecycle.void_admissions,
         lifecycle.check_capacity,
+        evacuation.list_cluster_ncs,
+        evacuation.list_vm_processes,
+        evacuation.read_vm_placements,
+        evacuation.live_migrate_vm,
+        evacuation.correct_migration_status,
+        evacuation.cold_migrate_vm,
+        evacuation.reserve_ri_capacity,
+        evacuation.release_ri_capacity,
+        evacuation.publish_event,
+        evacuation.notify,
+        evacuation.power_off_empty_nc,
+        evacuation.power_on_nc,
+        maintenance.window_state,
     ]
 
 
@@ -76,12 +109,21 @@ def build_worker(
     max_concurrent_activities: int = 100,
     max_concurrent_workflow_tasks: int = 100,
     power_poll_seconds: float = DEFAULT_POWER_POLL_SECONDS,
+    migration_poll_seconds: float = DEFAULT_MIGRATION_POLL_SECONDS,
+    time_scale: float = 1.0,
 ) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities_for(client, houyi, store, power_poll_seconds=power_poll_seconds),
+        activities=activities_for(
+            client,
+            houyi,
+            store,
+            power_poll_seconds=power_poll_seconds,
+            migration_poll_seconds=migration_poll_seconds,
+            time_scale=time_scale,
+        ),
         max_concurrent_activities=max_concurrent_activities,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -115,6 +157,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
             power_poll_seconds=settings.power_poll_seconds,
+            migration_poll_seconds=settings.migration_poll_seconds,
+            time_scale=settings.time_scale,
         )
         log.info(
             "worker started",

@@ -10,10 +10,13 @@ from domain import errors
 from houyi.errors import HouyiError
 
 
-def from_houyi(error: HouyiError) -> ApplicationError:
-    """A Houyi failure as Temporal sees it: its type, whether a retry can help, and how soon."""
+def from_houyi(error: HouyiError, *, delay_scale: float = 1.0) -> ApplicationError:
+    """A Houyi failure as Temporal sees it: its type, whether a retry can help, and how soon.
+
+    ``delay_scale`` shrinks the wait before a retry against a simulator that runs faster than real time.
+    """
     delay = (
-        timedelta(seconds=error.retry_after_seconds)
+        timedelta(seconds=error.retry_after_seconds * delay_scale)
         if error.retryable and error.retry_after_seconds is not None
         else None
     )

@@ -232,6 +232,7 @@ class DevStack:
                 metrics_port=config.worker_metrics_port,
                 task_queue=config.task_queue,
                 namespace=config.namespace,
+                simulator_speed=config.simulator_speed,
             ),
             log_dir=config.log_dir,
         )

@@ -406,6 +406,7 @@ def worker_env(
     task_queue: str = DEFAULT_TASK_QUEUE,
     namespace: str = "default",
     power_poll_seconds: float = 1.0,
+    simulator_speed: float | None = None,
 ) -> dict[str, str]:
     """The environment ``worker.py`` reads (runtime/config.py); ``metrics_port=0`` disables metrics."""
     return {
@@ -417,6 +418,16 @@ def worker_env(
         "OPSFLOW_TASK_QUEUE": task_queue,
         # The simulator settles OOB power in seconds; the product's 60 s poll would only slow the demo.
         "OPSFLOW_POWER_POLL_SECONDS": f"{power_poll_seconds:g}",
+        # Against the simulator at speed N, real waits modelling Houyi's (migration deadlines, throttle
+        # back-off) shrink N times, and migrations are polled often enough to see them end.
+        **(
+            {
+                "OPSFLOW_TIME_SCALE": f"{1 / simulator_speed:g}",
+                "OPSFLOW_MIGRATION_POLL_SECONDS": f"{min(5.0, max(50 / simulator_speed, 0.05)):g}",
+            }
+            if simulator_speed
+            else {}
+        ),
     }
 
 

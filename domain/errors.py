@@ -27,6 +27,15 @@ HOUYI_PROTOCOL: Final = "HouyiProtocolError"
 ACTION_NOT_APPLIED: Final = "ActionNotApplied"
 POWER_NOT_SETTLED: Final = "PowerNotSettled"
 
+# Evacuation: live and cold migration, emptiness before a power-off.
+INSUFFICIENT_CAPACITY: Final = "InsufficientCapacity"
+NO_MAINTENANCE_WINDOW: Final = "NoMaintenanceWindow"
+MIGRATION_TIMED_OUT: Final = "MigrationTimedOut"
+MIGRATION_STUCK: Final = "MigrationStuck"
+MIGRATION_FAILED: Final = "MigrationFailed"
+VMS_NOT_MOVED: Final = "VmsNotMoved"
+NC_NOT_EMPTY: Final = "NcNotEmpty"
+
 # Lifecycle: leases, manual reports, approvals, operator commands.
 HOST_BUSY: Final = "HostBusy"
 MANUAL_REPORT_NOT_ALLOWED: Final = "ManualReportNotAllowed"

@@ -9,9 +9,16 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from domain import errors
+from domain.evacuation import VmMove
 from domain.model import NcBizStatus, NcIp
 from domain.opscodes import OpsCode
-from domain.settings import NcForcedRebootSettings, NcLockSettings, NcReOnlineSettings
+from domain.settings import (
+    NcDeepOfflineSettings,
+    NcForcedRebootSettings,
+    NcLockSettings,
+    NcReOnlineSettings,
+    WholeHostMigrationSettings,
+)
 
 
 class ReasonCategory(StrEnum):
@@ -113,6 +120,18 @@ class NcReOnlineInput(MultiHostRequest):
     settings: NcReOnlineSettings = Field(default_factory=NcReOnlineSettings)
 
 
+class NcDeepOfflineInput(OperationRequest):
+    """Input of ``NcDeepOffline`` (0x400003) and ``NcDeepOfflineCold`` (0x40003000001001)."""
+
+    settings: NcDeepOfflineSettings = Field(default_factory=NcDeepOfflineSettings)
+
+
+class WholeHostMigrationInput(OperationRequest):
+    """Input of ``WholeHostMigration``."""
+
+    settings: WholeHostMigrationSettings = Field(default_factory=WholeHostMigrationSettings)
+
+
 class HostOutcomeKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -142,6 +161,9 @@ class OperationResult(BaseModel):
     hosts: list[HostOutcome]
     message: str = ""
     finished_at: datetime
+    vms: list[VmMove] = Field(
+        default_factory=list, description="per-VM record of an operation that moves VMs"
+    )
 
 
 class InputRefused(ValueError):

@@ -13,6 +13,7 @@ from domain.settings import (
     NcReOnlineSettings,
     OpsSettings,
     VmResidueCleanupSettings,
+    WholeHostMigrationSettings,
 )
 
 
@@ -35,18 +36,27 @@ class OpsCode(StrEnum):
     LOCAL_DISK_ISOLATION_REPAIR = "0x99001000000001"
     QEMU_HOT_UPGRADE = "0x30000000000408"
     NC_OFFLINE_REPAIR = "0x8000000000001"
+    # Console operations the product runs without an opscode number: known by their name.
+    WHOLE_HOST_MIGRATION = "WholeHostMigration"
+
+    @property
+    def numbered(self) -> bool:
+        return self.value.startswith("0x")
 
     @classmethod
     def parse(cls, text: str) -> OpsCode:
         """Reads an opscode as people type it: any case, with or without ``0x``."""
         raw = text.strip()
+        for code in cls:
+            if not code.numbered and code.value.lower() == raw.lower():
+                return code
         digits = raw[2:] if raw[:2].lower() == "0x" else raw
         try:
             value = int(digits, 16)
         except ValueError:
             raise ValueError(f"unknown opscode {text!r}: not a hexadecimal code") from None
         for code in cls:
-            if int(code.value, 16) == value:
+            if code.numbered and int(code.value, 16) == value:
                 return code
         raise ValueError(f"unknown opscode {text!r}")
 
@@ -95,6 +105,7 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "NC forced reboot",
             "Reboots the host through OOB whether or not VMs are on it; afterwards the NC is nc_down.",
             settings_model=NcForcedRebootSettings,
+            implemented=True,
             takes_host_out_of_service=True,
         ),
         _spec(
@@ -103,6 +114,7 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "restore NC online",
             "After a reboot and once the fault is understood, moves the host nc_down -> free.",
             settings_model=NcReOnlineSettings,
+            implemented=True,
         ),
         _spec(
             OpsCode.NC_DEEP_OFFLINE,
@@ -110,6 +122,7 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "host deep offline with live migration",
             "Live-migrates every VM off the host, then reboots it (13 steps).",
             settings_model=NcDeepOfflineSettings,
+            implemented=True,
             takes_host_out_of_service=True,
         ),
         _spec(
@@ -118,6 +131,7 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "host deep offline without live migration",
             "Moves the VMs cold during the maintenance window, then reboots the host.",
             settings_model=NcDeepOfflineSettings,
+            implemented=True,
             takes_host_out_of_service=True,
         ),
         _spec(
@@ -194,6 +208,15 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "NcOfflineRepair",
             "host offline for repair",
             "Evacuates, takes the host offline, waits for a person to confirm the repair, brings it back.",
+            takes_host_out_of_service=True,
+        ),
+        _spec(
+            OpsCode.WHOLE_HOST_MIGRATION,
+            "WholeHostMigration",
+            "whole-host migration",
+            "Locks the host and moves every VM off it by the scheduler's rules; unlocking stays a separate act.",
+            settings_model=WholeHostMigrationSettings,
+            implemented=True,
             takes_host_out_of_service=True,
         ),
     )

@@ -6,11 +6,12 @@ the Python names; unknown names are refused so that a typo never silently falls 
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.model import VmId
+from domain.model import NcId, VmId
 
 Flag = Literal[0, 1]
 
@@ -59,15 +60,55 @@ class NcReOnlineSettings(OpsSettings):
     )
 
 
-class NcDeepOfflineSettings(OpsSettings):
+class LiveMigrationSettings(OpsSettings):
+    """How VMs leave a host by live migration (DOMAIN.md, "Live migration (Houyi)")."""
+
+    parallel: int = Field(default=4, ge=1, le=16, description="migrations at once per host")
+    rate: int = Field(default=80, ge=1, le=10_000, description="live-migration rate, MB/s")
+    downtime: int = Field(default=300, ge=200, le=2000, description="allowed VM pause, ms")
+    no_check_image: bool = Field(default=False, description="force an image not on the supported list")
+    no_check_load: bool = Field(default=False, description="bypass the load pre-check")
+    live_retries: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        alias="liveMigrateRetries",
+        description="new attempts after a migration times out, before the VM is moved cold",
+    )
+
+
+class AfterColdMigration(StrEnum):
+    START = "start"
+    STOP = "stop"
+    KEEP = "keep"
+
+
+class NcDeepOfflineSettings(LiveMigrationSettings):
     """0x400003 and 0x40003000001001."""
 
     need_limit: Flag = Field(default=1, alias="needLimit")
-    parallel: int = Field(default=4, ge=1, le=16, description="live migrations at once per host")
-    rate: int = Field(default=80, ge=1, le=10_000, description="live-migration rate, MB/s")
-    downtime: int = Field(default=300, ge=200, le=2000, description="allowed VM pause, ms")
-    no_check_image: bool = False
-    no_check_load: bool = False
+    target: NcId | None = Field(
+        default=None, description="nc_id every VM should go to; the scheduler picks when left out"
+    )
+    cold_forced: bool = Field(
+        default=True,
+        alias="coldForced",
+        description="cold migration continues on error (the product's forced)",
+    )
+    after_cold_migration: AfterColdMigration = Field(
+        default=AfterColdMigration.KEEP,
+        alias="afterColdMigration",
+        description="state of a cold-migrated VM on arrival: start, stop, or keep the state it had",
+    )
+    only_power_on_specified: Flag = Field(
+        default=0,
+        alias="onlyPowerOnSpecifiedNc",
+        description="1 = power the host on again only if it carried VMs or carries a storage node",
+    )
+
+
+class WholeHostMigrationSettings(LiveMigrationSettings):
+    """Whole-host migration: every VM, by the scheduler's rules; no chosen target."""
 
 
 class VmResidueCleanupSettings(OpsSettings):

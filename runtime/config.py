@@ -38,6 +38,8 @@ class Settings(BaseModel):
     max_concurrent_workflow_tasks: int = Field(default=100, ge=1)
     log_level: str = "INFO"
     power_poll_seconds: float = Field(default=60.0, gt=0)
+    migration_poll_seconds: float = Field(default=5.0, gt=0)
+    time_scale: float = Field(default=1.0, gt=0, le=1.0)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,4 +56,7 @@ class Settings(BaseModel):
             max_concurrent_workflow_tasks=_env_int("WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", 100),
             log_level=_env("OPSFLOW_LOG_LEVEL", "INFO"),
             power_poll_seconds=float(_env("OPSFLOW_POWER_POLL_SECONDS", "60")),
+            migration_poll_seconds=float(_env("OPSFLOW_MIGRATION_POLL_SECONDS", "5")),
+            # Against the simulator at speed N, 1/N: the real waits that model Houyi's shrink with it.
+            time_scale=float(_env("OPSFLOW_TIME_SCALE", "1")),
         )

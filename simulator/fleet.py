@@ -1621,8 +1621,13 @@ class Fleet:
         status: VmStatus | None = None,
         dirty_rate_mbps: int | None = None,
         image_supported: bool | None = None,
+        nc_id: str | None = None,
     ) -> None:
+        """Sets a VM's record directly (test setup); ``nc_id``: the control plane now places it on that
+        host (e.g. "a VM reappears on the host being drained")."""
         vm = self._vm(vm_id)
+        if nc_id is not None:
+            vm.nc_id = self._nc(nc_id).nc_id
         if status is not None:
             vm.status = status
         if dirty_rate_mbps is not None:

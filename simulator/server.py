@@ -235,6 +235,7 @@ class VmPatch(BaseModel):
     status: VmStatus | None = None
     dirty_rate_mbps: int | None = Field(default=None, ge=0)
     image_supported: bool | None = None
+    nc_id: NcId | None = None
 
 
 class ResiduePlant(BaseModel):

@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
+from datetime import time
 
+from domain.maintenance import MaintenanceWindow
 from runtime.config import Settings
 from store.db import create_pool, load_migrations, migrate
 from store.embedded import resolve_database_url
 from store.errors import StoreError
 from store.lifecycle import LifecycleStore
+from store.maintenance import MaintenanceWindowStore
 from store.repository import OperationStore
 
 # The group every seeded approval policy names (migration 0003), and the dev stack's members of it.
@@ -29,6 +33,25 @@ async def seed_dev_approvers(store: OperationStore | LifecycleStore) -> None:
     """Makes ``ops-admins`` exactly ``admin``, ``approver1`` and ``approver2``; safe to repeat."""
     lifecycle = store.lifecycle if isinstance(store, OperationStore) else store
     await lifecycle.set_approver_group(DEV_APPROVER_GROUP, DEV_APPROVERS, updated_by="store.seed")
+
+
+async def seed_dev_windows(store: OperationStore, cluster_ids: Sequence[str]) -> None:
+    """Gives each cluster an always-open window (every day, 24 h, UTC), so the dev stack's cold
+    migrations run at once; safe to repeat. A production database sets real windows."""
+    windows = MaintenanceWindowStore.of(store)
+    for cluster_id in cluster_ids:
+        for weekday in range(7):
+            await windows.set_window(
+                MaintenanceWindow(
+                    cluster_id=cluster_id,
+                    weekday=weekday,
+                    start=time(0),
+                    duration_minutes=1440,
+                    time_zone="UTC",
+                ),
+                note="dev stack: always open",
+                updated_by="store.seed",
+            )
 
 
 async def _seed(url: str, *, dev_approvers: bool) -> None:

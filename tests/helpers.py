@@ -48,6 +48,14 @@ class SimulatorAdmin:
         result: dict[str, Any] = await self._request("PATCH", f"/admin/ncs/{nc_ip}", fields)
         return result
 
+    async def vm(self, vm_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/admin/vms/{vm_id}")
+        return result
+
+    async def patch_vm(self, vm_id: str, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("PATCH", f"/admin/vms/{vm_id}", fields)
+        return result
+
     async def free_ncs(self, cluster_id: str, count: int) -> list[dict[str, Any]]:
         """``count`` free hosts of the cluster, in fleet order."""
         found = [

@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from domain.operations import OperationResult, OpsState
 from houyi.http_client import HttpHouyiClient
 from store.repository import OperationStore
+from tests.fixtures.simulator import FIXTURE_SPEED
 from tests.helpers import eventually
 from worker import build_worker
 from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput, StepStatus
@@ -24,16 +25,37 @@ from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput
 REQUESTER = "alice"
 APPROVERS = ["admin", "approver1", "approver2"]  # ops-admins as store.seed seeds it
 
-WORKFLOW_OPSCODES = {"NcForcedReboot": "0x400012", "NcLock": "0x410A01", "NcReOnline": "0x400011"}
+WORKFLOW_OPSCODES = {
+    "NcForcedReboot": "0x400012",
+    "NcLock": "0x410A01",
+    "NcReOnline": "0x400011",
+    "NcDeepOffline": "0x400003",
+    "NcDeepOfflineCold": "0x40003000001001",
+    "WholeHostMigration": "WholeHostMigration",
+}
 
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    client: Client, task_queue: str, simulator_url: str, store: OperationStore
+    client: Client,
+    task_queue: str,
+    simulator_url: str,
+    store: OperationStore,
+    *,
+    simulator_speed: float = FIXTURE_SPEED,
 ) -> AsyncIterator[Worker]:
-    """The real worker (every workflow and activity) against the simulator and the store."""
+    """The real worker (every workflow and activity) against the simulator and the store; real waits that
+    model Houyi's shrink with the simulator's speed."""
     async with HttpHouyiClient(simulator_url, recorder=store) as houyi:
-        worker = build_worker(client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05)
+        worker = build_worker(
+            client,
+            task_queue,
+            houyi=houyi,
+            store=store,
+            power_poll_seconds=0.05,
+            migration_poll_seconds=0.02,
+            time_scale=1 / simulator_speed,
+        )
         async with worker:
             yield worker
 

@@ -67,13 +67,14 @@ def make_vm(**overrides: object) -> Vm:
 
 
 def test_the_catalog_holds_every_opscode_of_the_domain_reference() -> None:
-    codes = {c.value for c in CATALOG}
+    codes = {c.value for c in CATALOG if c.numbered}
     assert codes == {
         "0x410A01", "0x400012", "0x400011", "0x400003", "0x40003000001001", "0x10001000008002",
         "0x3000000000802", "0x40003000001066", "0x400016", "0x400018", "0x30000000001005",
         "0x40001000008001", "0x4000A000000008", "0x4000A000000007", "0x30003000001001",
         "0x99001000000001", "0x30000000000408", "0x8000000000001",
     }  # fmt: skip
+    assert {c.value for c in CATALOG if not c.numbered} == {"WholeHostMigration"}
     assert all(spec.code is code for code, spec in CATALOG.items())
 
 
@@ -82,8 +83,23 @@ def test_workflow_types_are_unique() -> None:
     assert len(types) == len(set(types))
 
 
-def test_only_the_lock_opscode_is_implemented_so_far() -> None:
-    assert [c for c, s in CATALOG.items() if s.implemented] == [OpsCode.NC_LOCK]
+def test_the_catalog_marks_what_has_a_workflow_as_implemented() -> None:
+    assert [c for c, s in CATALOG.items() if s.implemented] == [
+        OpsCode.NC_LOCK,
+        OpsCode.NC_FORCED_REBOOT,
+        OpsCode.NC_RE_ONLINE,
+        OpsCode.NC_DEEP_OFFLINE,
+        OpsCode.NC_DEEP_OFFLINE_COLD,
+        OpsCode.WHOLE_HOST_MIGRATION,
+    ]
+
+
+def test_an_operation_without_an_opscode_number_is_known_by_its_name() -> None:
+    assert OpsCode.parse("wholehostmigration") is OpsCode.WHOLE_HOST_MIGRATION
+    assert not OpsCode.WHOLE_HOST_MIGRATION.numbered
+    assert OpsCode.parse("0X400003") is OpsCode.NC_DEEP_OFFLINE
+    with pytest.raises(ValueError, match="not a hexadecimal code"):
+        OpsCode.parse("WholeHost")
 
 
 def test_auto_unlock_is_manual_but_never_approved() -> None:

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.nc import DescribeNcInput, NcActivities
     from activities.operations import OperationActivities, OperationStateChange
     from domain import errors
+    from domain.evacuation import VmMove
     from domain.model import NcDetail
     from domain.operations import (
         HostOutcome,
@@ -123,6 +124,8 @@ class OperationStatus(BaseModel):
     steps: list[StepRecord] = Field(default_factory=list)
     refused_messages: list[str] = Field(default_factory=list)
     outcomes: list[HostOutcome] = Field(default_factory=list)
+    progress: str = ""
+    vms: list[VmMove] = Field(default_factory=list)
     error: str | None = None
 
     def markdown(self) -> str:
@@ -178,7 +181,31 @@ class OperationStatus(BaseModel):
                 "",
                 'Send signal `retry_step`, `skip_step` (skippable steps) or `abort` with `{"operator": "<you>", "step": "<name>"}`.',
             ]
+        if self.vms:
+            lines += ["", f"**VMs: {self.progress}**", "", *_vm_table(self.vms)]
         return "\n".join(lines)
+
+
+# The UI's details stay readable on a 200-VM host: VMs that need a look first, then the rest up to this.
+VM_TABLE_ROWS = 60
+
+
+def _vm_table(vms: list[VmMove]) -> list[str]:
+    attention = [vm for vm in vms if not vm.state.moved]
+    shown = (attention + [vm for vm in vms if vm.state.moved])[:VM_TABLE_ROWS]
+    rows = [
+        "| VM | size | before | method | state | on | attempts | message |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for vm in shown:
+        message = (vm.message or ", ".join(vm.blockers)).replace("|", "\\|")
+        rows.append(
+            f"| {vm.vm_id} | {vm.vcpu} vCPU / {vm.memory_gib} GiB | {vm.status_before.value} | {vm.method.value} "
+            f"| {vm.state.value} | {vm.nc_id} | {vm.live_attempts + vm.cold_attempts} | {message} |"
+        )
+    if len(vms) > len(shown):
+        rows.append(f"| … {len(vms) - len(shown)} more (query `status` for all) | | | | | | | |")
+    return rows
 
 
 # ---- signal and update payloads ------------------------------------------------------------------------
@@ -259,6 +286,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self._policy: OperationPolicy | None = None
         self._leased: list[str] = []
         self._compensations: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        self._cleanups: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         self._commands: dict[str, tuple[StepCommand, StepCommandInput]] = {}
         self._handler_lock = asyncio.Lock()
         self._raw_hosts: list[str] = []
@@ -331,6 +359,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         except OperationEnded as ended:
             if not executing:
                 await self._void_admissions(ended.state.value)
+            await self._clean_up()
             result = await self._finish(ended.state, ended.message, error_type=ended.error_type)
             if ended.state is OpsState.FAILED:
                 # A failed operation fails its workflow; the per-host outcomes travel in the error's details.
@@ -353,6 +382,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             message = (
                 str(failure.cause) if isinstance(failure, ActivityError) and failure.cause else str(failure)
             )
+            await self._clean_up()
             await self._finish(
                 OpsState.FAILED, message, error_type=cause_type(failure) or type(failure).__name__
             )
@@ -542,6 +572,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         if not executing:
             await self._void_admissions(OpsState.CANCELLED.value)
         await self._compensate()
+        await self._clean_up()
         await self._finish(OpsState.CANCELLED, "cancelled", error_type="Cancelled")
 
     async def _void_admissions(self, reason: str) -> None:
@@ -700,7 +731,12 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self.status.steps = [StepRecord(name=name, skippable=skippable) for name, skippable in steps]
 
     def _step(self, name: str) -> StepRecord:
-        return next(step for step in self.status.steps if step.name == name)
+        """The step of that name still to run (a name may repeat, as the product's OpsEvnPublishEvent)."""
+        named = [step for step in self.status.steps if step.name == name]
+        return next(
+            (step for step in named if step.status not in (StepStatus.SUCCEEDED, StepStatus.SKIPPED)),
+            named[-1],
+        )
 
     async def step(
         self, name: str, action: Callable[[], Awaitable[T]], done: Callable[[T], str] | None = None
@@ -850,6 +886,20 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         """From here on a cancel leaves things as they are (e.g. after a reboot nothing can be undone)."""
         self._compensations.clear()
 
+    def on_exit(self, what: str, cleanup: Callable[[], Awaitable[Any]]) -> None:
+        """Registers what must happen however the operation ends (e.g. release reserved capacity), unless
+        a step does it first and calls ``done_on_exit``."""
+        self._cleanups.append((what, cleanup))
+
+    def done_on_exit(self, what: str) -> None:
+        self._cleanups = [(w, c) for w, c in self._cleanups if w != what]
+
+    async def _clean_up(self) -> None:
+        while self._cleanups:
+            what, cleanup = self._cleanups.pop()
+            await cleanup()
+            await self.audit("clean_up", AuditResult.OK, params={"what": what})
+
     async def _compensate(self) -> None:
         while self._compensations:
             what, compensation = self._compensations.pop()
@@ -869,6 +919,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             hosts=self.status.outcomes,
             message=message,
             finished_at=workflow.now(),
+            vms=self.status.vms,
         )
         await workflow.execute_activity_method(
             OperationActivities.set_operation_state,
@@ -940,6 +991,10 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
     def _set_state(self, state: OpsState) -> None:
         self.status.state = state
         self._publish()
+
+    def publish_details(self) -> None:
+        """Progress the UI shows, without a search-attribute event in the history (frequent updates)."""
+        workflow.set_current_details(self.status.markdown())
 
     def _publish(self) -> None:
         """Search attributes and the UI's current details follow the state."""
