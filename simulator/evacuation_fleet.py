@@ -88,9 +88,10 @@ def build_evacuation_fleet(
         vms.append(vm)
     need_vcpu = sum(vm["vcpu"] for vm in vms)
     need_memory = sum(vm["memory_gib"] for vm in vms)
-    # Half-full targets at most, plus one: placement never runs tight.
+    # Half-full targets at most, plus one: placement never runs tight. At least four, so that draining the
+    # source leaves the default capacity guard (80 % of the cluster schedulable) satisfied.
     hosts = target_hosts or max(
-        2, math.ceil(2 * max(need_vcpu / HOST_VCPU, need_memory / HOST_MEMORY_GIB)) + 1
+        4, math.ceil(2 * max(need_vcpu / HOST_VCPU, need_memory / HOST_MEMORY_GIB)) + 1
     )
     # The source is as large as its VMs need (a 200-VM host of this mix is big; the model does not mind).
     ncs = [
