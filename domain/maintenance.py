@@ -48,7 +48,7 @@ class MaintenanceWindow(BaseModel):
     def openings(self, since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
         """(opens, closes) in UTC of every occurrence that overlaps [since, until)."""
         zone = ZoneInfo(self.time_zone)
-        spans = []
+        spans: list[tuple[datetime, datetime]] = []
         first = since.astimezone(zone).date() - timedelta(days=7 + self.duration_minutes // 1440)
         day = first + timedelta(days=(self.weekday - first.weekday()) % 7)
         while True:

@@ -165,6 +165,12 @@ class OperationResult(BaseModel):
         default_factory=list, description="per-VM record of an operation that moves VMs"
     )
 
+    @field_validator("vms", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        # The temporal CLI prints an empty list as null (``-o json``).
+        return [] if value is None else value
+
 
 class InputRefused(ValueError):
     """Input that can never be accepted; ``error_type`` is ``InvalidSettings`` when only settings are wrong."""

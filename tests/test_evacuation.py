@@ -21,7 +21,7 @@ from domain import errors
 from domain.evacuation import MigrationMethod, VmMoveState
 from domain.maintenance import MaintenanceWindow
 from domain.model import NcBizStatus
-from domain.operations import HostOutcomeKind, OperationResult, OpsState
+from domain.operations import HostOutcomeKind, OpsState
 from simulator.evacuation_fleet import (
     CLUSTER,
     FULL_SOURCE_IP,
@@ -158,7 +158,7 @@ async def ops_on(
             await item.__aexit__(None, None, None)
 
 
-def step_table(status: OperationStatus | OperationResult | Any) -> list[tuple[str, str]]:
+def step_table(status: OperationStatus) -> list[tuple[str, str]]:
     return [(s.name, s.status.value) for s in status.steps]
 
 

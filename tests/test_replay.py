@@ -34,6 +34,10 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_forced_reboot_abandoned",
         "nc_forced_reboot_rejected",
         "nc_re_online_step_retried",
+        "nc_deep_offline_succeeded",
+        "nc_deep_offline_cold_waited_for_window",
+        "nc_deep_offline_stuck_corrected",
+        "whole_host_migration_relaunched",
         # Recorded before workflow.patched("void-unexecuted-admissions"): they must still replay.
         "nc_forced_reboot_rejected_before_void_patch",
         "nc_forced_reboot_abandoned_before_void_patch",

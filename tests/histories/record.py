@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import tempfile
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +23,22 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from domain.maintenance import MaintenanceWindow
 from domain.operations import OpsState
 from houyi.http_client import HttpHouyiClient
 from runtime import search_attributes
+from simulator.evacuation_fleet import CLUSTER, SOURCE_IP, SOURCE_NC_ID, build_evacuation_fleet
 from simulator.server import start_simulator
 from store.db import url_with_database
 from store.embedded import start_embedded_postgres
+from store.maintenance import MaintenanceWindowStore
 from store.repository import OperationStore
-from store.seed import seed_dev_approvers
+from store.seed import seed_dev_approvers, seed_dev_windows
 from tests.fixtures.pg import TEST_DATA_DIR
 from tests.fixtures.temporal import installed_binary
 from tests.helpers import SimulatorAdmin
 from worker import build_worker
+from workflows.evacuation import CorrectMigrationSignal
 from workflows.lifecycle import ApprovalInput, OperationStatus, StepCommandInput
 
 HERE = Path(__file__).parent
@@ -155,5 +162,87 @@ async def main() -> None:
         await env.shutdown()
 
 
+async def main_evacuations() -> None:
+    """The evacuation workflows, on ``simulator.evacuation_fleet`` (one fleet per recording)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=installed_binary("temporal-test-server"),
+    )
+    await search_attributes.register(env.client)
+    server_url = start_embedded_postgres(TEST_DATA_DIR)
+    database = f"record_{uuid.uuid4().hex}"
+    store = await OperationStore.connect(server_url)
+    await store.pool.execute(f'CREATE DATABASE "{database}"')
+    await store.close()
+    store = await OperationStore.connect(url_with_database(server_url, database))
+    await seed_dev_approvers(store)
+    task_queue = f"record-{uuid.uuid4()}"
+    approve = (OpsState.PENDING_APPROVAL, "approve", ApprovalInput(approver="approver1", comment="ok"))
+    fleet_dir = Path(tempfile.mkdtemp())
+
+    def deep_offline(**settings: Any) -> dict[str, Any]:
+        return {
+            "nc_ip": SOURCE_IP,
+            "requester": "alice",
+            "reason_category": "hardware",
+            "reason": "DIMM errors",
+            "settings": settings,
+        }
+
+    async def on_fleet(name: str, vm_count: int, **options: Any) -> Any:
+        path = fleet_dir / f"{name}.json"
+        path.write_text(json.dumps(build_evacuation_fleet(vm_count, **options)))
+        return await start_simulator(path, speed=1000)
+
+    try:
+        for name, vm_count, options, workflow_type, raw, signals, setup in (
+            ("nc_deep_offline_succeeded", 6, {"ineligible": 2}, "NcDeepOffline", deep_offline(), [approve], "dirty"),
+            ("nc_deep_offline_cold_waited_for_window", 3, {}, "NcDeepOfflineCold", deep_offline(), [approve], "window"),
+            ("nc_deep_offline_stuck_corrected", 2, {}, "NcDeepOffline", deep_offline(needLimit=0), [approve], "stuck"),
+            ("whole_host_migration_relaunched", 4, {"stopped": 1, "ineligible": 1}, "WholeHostMigration",
+             {**deep_offline(), "settings": {"parallel": 2}}, [approve], "relaunch"),
+        ):  # fmt: skip
+            simulator = await on_fleet(name, vm_count, memory_choices=(4,), **options)
+            admin = SimulatorAdmin(simulator.url)
+            windows = MaintenanceWindowStore.of(store)
+            await windows.remove_windows(CLUSTER)
+            first_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[0]
+            last_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[-1]
+            extra = list(signals)
+            if setup == "window":
+                opens = datetime.now(UTC) + timedelta(days=1)
+                await windows.set_window(
+                    MaintenanceWindow(cluster_id=CLUSTER, weekday=opens.weekday(), start=opens.time().replace(microsecond=0), duration_minutes=120)
+                )  # fmt: skip
+            else:
+                await seed_dev_windows(store, [CLUSTER])
+            if setup == "dirty":
+                await admin.patch_vm(last_vm, dirty_rate_mbps=200)
+            if setup == "stuck":
+                await admin.inject(action="live_migrate_vm", kind="stuck", vm_name=first_vm, count=1)
+                extra.append((OpsState.STEP_FAILED, "correct_migration",
+                              CorrectMigrationSignal(operator="admin", vm_id=first_vm, where=SOURCE_NC_ID)))  # fmt: skip
+            if setup == "relaunch":
+                await admin.inject(
+                    action="cold_migrate_vm", code=500, message="scheduler down", vm_name=first_vm, count=5
+                )
+                extra.append((OpsState.STEP_FAILED, "relaunch", StepCommandInput(operator="admin")))
+            try:
+                async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
+                    async with build_worker(
+                        env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05,
+                        migration_poll_seconds=0.02, time_scale=0.001,
+                    ):  # fmt: skip
+                        await record(
+                            env.client, task_queue, name, raw, workflow_type=workflow_type, signals=extra
+                        )
+            finally:
+                await simulator.stop()
+    finally:
+        await store.close()
+        await env.shutdown()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    # ``evacuations``: only the evacuation workflows' histories (added with issue 4).
+    asyncio.run(main_evacuations() if sys.argv[1:] == ["evacuations"] else main())
