@@ -88,6 +88,7 @@ def activities_for(
         evacuation.list_vm_processes,
         evacuation.read_vm_placements,
         evacuation.live_migrate_vm,
+        evacuation.cancel_live_migrations,
         evacuation.correct_migration_status,
         evacuation.cold_migrate_vm,
         evacuation.reserve_ri_capacity,
@@ -127,6 +128,9 @@ def build_worker(
         max_concurrent_activities=max_concurrent_activities,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # Cancellation reaches an activity with a heartbeat's answer: flush heartbeats at least every
+        # second, so cancelling an operation cancels its live migrations in about a second.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 

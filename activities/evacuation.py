@@ -7,6 +7,7 @@ the attempt: a retried activity (a lost answer, a killed worker) replays the cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -151,6 +152,18 @@ class VmPlacementsInput(BaseModel):
     vm_ids: list[str]
 
 
+class CancelMigrationsInput(BaseModel):
+    caller: str
+    step: str
+    region_id: str
+    vm_ids: list[str]
+
+
+class CancelledMigrations(BaseModel):
+    cancelled: list[str]
+    not_cancelled: dict[str, str]  # vm id -> why (e.g. stuck)
+
+
 class VmPlacement(BaseModel):
     vm_id: str
     nc_id: str | None  # None: the control plane no longer knows the VM
@@ -234,6 +247,10 @@ class EvacuationActivities:
         except HouyiError as error:
             bound.warning("live migration refused", error_type=error.error_type, error=error.message)
             raise from_houyi(error, delay_scale=self._time_scale) from None
+        except asyncio.CancelledError:
+            # Cancelled while the start was on the wire: it may have started all the same.
+            await self._cancel_surely(request, request.target_nc_id)
+            raise
         bound.info("live migration started", migration_id=task.migration_id, target=task.target_nc_id)
         deadline = time.monotonic() + self._time_scale * (
             MIGRATION_DEADLINE_FACTOR * request.estimated_seconds + MIGRATION_DEADLINE_GRACE_SECONDS
@@ -242,7 +259,7 @@ class EvacuationActivities:
             progress = await self._follow(request, task.migration_id, deadline)
         except asyncio.CancelledError:
             # The operation was cancelled: so is the migration, where Houyi still can.
-            await self._cancel(request, task.target_nc_id, "cancelled with the operation", best_effort=True)
+            await self._cancel_surely(request, task.target_nc_id)
             raise
         if progress is None:
             await self._cancel(request, task.target_nc_id, "no end by its deadline")
@@ -297,6 +314,29 @@ class EvacuationActivities:
                 return None
             await asyncio.sleep(self._poll_seconds)
 
+    async def _cancel_surely(self, request: LiveMigrateInput, target_nc_id: str | None) -> None:
+        """Cancels the migration when the operation cancelled this activity; a second cancel (a timeout, a
+        shutdown) must not cut the call short and leave the migration running.
+
+        Cancelled for another reason (timed out, worker shutting down), the migration is left running: the
+        activity's retry finds it again through its token and follows it.
+        """
+        details = activity.cancellation_details()
+        if details is None or not details.cancel_requested:
+            log.info(
+                "activity stopped, migration left running for the retry",
+                vm_id=request.vm_id,
+                timed_out=bool(details and details.timed_out),
+                worker_shutdown=bool(details and details.worker_shutdown),
+            )
+            return
+        cancelling = asyncio.ensure_future(
+            self._cancel(request, target_nc_id, "cancelled with the operation", best_effort=True)
+        )
+        while not cancelling.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(cancelling)
+
     async def _cancel(
         self, request: LiveMigrateInput, target_nc_id: str | None, why: str, *, best_effort: bool = False
     ) -> None:
@@ -328,6 +368,23 @@ class EvacuationActivities:
                 return
             raise from_houyi(error, delay_scale=self._time_scale) from None
         log.info("live migration cancelled", vm_id=request.vm_id, why=why)
+
+    @activity.defn(name="CancelLiveMigrations")
+    async def cancel_live_migrations(self, request: CancelMigrationsInput) -> CancelledMigrations:
+        """Cancels the running migrations of these VMs (an operation ending with migrations still running)."""
+        cancelled, refused = [], {}
+        for vm_id in request.vm_ids:
+            ctx = CallContext(caller=request.caller).step(f"{request.step}/{vm_id}")
+            try:
+                await self._houyi.cancel_live_migrate_vm(ctx, region_id=request.region_id, vm_id=vm_id)
+            except (HouyiWrongState, HouyiNotFound) as error:
+                refused[vm_id] = error.message
+                continue
+            except HouyiError as error:
+                raise from_houyi(error, delay_scale=self._time_scale) from None
+            cancelled.append(vm_id)
+            activity.heartbeat(len(cancelled))
+        return CancelledMigrations(cancelled=cancelled, not_cancelled=refused)
 
     @activity.defn(name="CorrectMigrationStatus")
     async def correct_migration_status(self, request: CorrectMigrationInput) -> VmStatusChange:

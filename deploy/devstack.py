@@ -30,11 +30,14 @@ import aiohttp
 
 from deploy import processes
 from deploy.processes import ManagedProcess, ProcessNotReady
+from domain.evacuation import plan_evacuation
+from domain.model import NcBizStatus
 from runtime.config import DEFAULT_TASK_QUEUE
 from runtime.logging import configure_logging
+from simulator.fleet import DEMO_FLEET_PATH, Fleet
 from store.embedded import start_embedded_postgres, stop_embedded_postgres
 from store.repository import OperationStore
-from store.seed import DEV_APPROVER_GROUP, DEV_APPROVERS, seed_dev_approvers
+from store.seed import DEV_APPROVER_GROUP, DEV_APPROVERS, seed_dev_approvers, seed_dev_windows
 
 READY_LINE = "ecs-opsflow dev stack is ready"
 """Printed once everything answers; tests wait for it."""
@@ -52,6 +55,13 @@ NC_RE_ONLINE_EXAMPLE_INPUT: dict[str, Any] = {
     "reason": "hang understood: kernel bug, patched",
     "ticket": "CHG-1002",
     "settings": {"parallel": 4, "NcReOnline": 0},
+}
+NC_DEEP_OFFLINE_EXAMPLE_INPUT: dict[str, Any] = {
+    "requester": "alice",
+    "reason_category": "hardware",
+    "reason": "correctable DIMM errors climbing: drain the host and reboot it",
+    "ticket": "CHG-1003",
+    "settings": {"parallel": 4, "rate": 80, "downtime": 300, "needLimit": 1},
 }
 NC_LOCK_EXAMPLE_INPUT: dict[str, Any] = {
     "requester": "alice",
@@ -290,11 +300,14 @@ class DevStack:
     async def _seed_store(self) -> None:
         """Schema up to date, and the dev approvers (group ops-admins) so approvals can be tried at once."""
         store = await OperationStore.connect(self.database_url)
+        clusters = sorted(Fleet.load(DEMO_FLEET_PATH).clusters)
         try:
             await seed_dev_approvers(store)
+            await seed_dev_windows(store, clusters)
         finally:
             await store.close()
         say(f"  {'approvers':<10} group {DEV_APPROVER_GROUP} = {', '.join(DEV_APPROVERS)}")
+        say(f"  {'windows':<10} maintenance window always open on the {len(clusters)} demo clusters")
 
     async def watch(self, stop: asyncio.Event) -> ManagedProcess | None:
         """Waits for ``stop``; returns the first child found dead before that, if any."""
@@ -336,6 +349,11 @@ class DevStack:
         say()
         say("Reboot another one (0x400012), approve it as approver1, then bring it back online (0x400011):")
         for command in reboot_and_re_online_example(config, free[1] if len(free) > 1 else "<nc_ip>"):
+            say(f"  {command}")
+        say()
+        evacuate = deep_offline_example_host()
+        say(f"Drain and reboot {evacuate} (0x400003): eligible VMs live-migrate, the others move cold:")
+        for command in deep_offline_example(config, evacuate):
             say(f"  {command}")
         say()
         say(f"{READY_LINE}; Ctrl-C stops it.")
@@ -396,6 +414,39 @@ def reboot_and_re_online_example(config: DevStackConfig, nc_ip: str) -> list[str
         f"{temporal} workflow signal{address} --workflow-id {re_online_id} --name approve "
         f"--input {shlex.quote(approve_again)}",
         f"{temporal} workflow result{address} --workflow-id {re_online_id}",
+    ]
+
+
+def deep_offline_example_host(fleet_path: Path = DEMO_FLEET_PATH) -> str:
+    """A free demo host whose VMs mix live-eligible and ineligible ones, in a cluster with room for them."""
+    fleet = Fleet.load(fleet_path)
+    candidates = []
+    for nc in fleet.ncs.values():
+        detail = fleet.describe_nc(nc_id=nc.nc_id)
+        if detail.nc.biz_status is not NcBizStatus.FREE or not detail.vms:
+            continue
+        plan = plan_evacuation(
+            detail.nc, detail.vms, fleet.list_ncs(cluster_id=nc.cluster_id), live=True, rate=80, parallel=4
+        )
+        if plan.live and plan.cold and not plan.unplaceable:
+            candidates.append((-len(plan.cold), -len(plan.live), nc.nc_ip))
+    return min(candidates)[2] if candidates else "<nc_ip>"
+
+
+def deep_offline_example(config: DevStackConfig, nc_ip: str) -> list[str]:
+    """``temporal`` commands: 0x400003 on ``nc_ip``, its progress, its approval, its result."""
+    temporal = "temporal" if shutil.which("temporal") else _shown(Path(processes.find_binary("temporal")))
+    address = "" if config.temporal_port == 7233 else f" --address {config.temporal_address}"
+    workflow_id = f"0x400003-{nc_ip}"
+    payload = json.dumps({"nc_ip": nc_ip, **NC_DEEP_OFFLINE_EXAMPLE_INPUT})
+    approve = json.dumps({"approver": "approver1", "comment": "DIMM replacement scheduled"})
+    return [
+        f"{temporal} workflow start{address} --type NcDeepOffline --task-queue {config.task_queue} "
+        f"--workflow-id {workflow_id} --static-summary {shlex.quote(f'0x400003 deep offline {nc_ip}')} "
+        f"--input {shlex.quote(payload)}",
+        f"{temporal} workflow query{address} --workflow-id {workflow_id} --name status",
+        f"{temporal} workflow signal{address} --workflow-id {workflow_id} --name approve --input {shlex.quote(approve)}",
+        f"{temporal} workflow result{address} --workflow-id {workflow_id}",
     ]
 
 

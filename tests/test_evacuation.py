@@ -139,7 +139,25 @@ async def mixed(
 async def ops_on(
     time_skipping_env: WorkflowEnvironment, store: OperationStore, task_queue: str
 ) -> AsyncIterator[Callable[[Fleet], Awaitable[Operations]]]:
-    """Operations against a fleet: starts the worker on that fleet's simulator."""
+    """Operations against a fleet on the time-skipping server: starts the worker on that fleet's simulator."""
+    async for start in _operations(time_skipping_env, store, task_queue):
+        yield start
+
+
+@pytest.fixture
+async def ops_on_dev_server(
+    dev_server_env: WorkflowEnvironment, store: OperationStore, task_queue: str
+) -> AsyncIterator[Callable[[Fleet], Awaitable[Operations]]]:
+    """The same on the dev server, whose timeouts run on the real clock (cancellation tests need that: the
+    time-skipping server skips heartbeat timeouts of activities still running)."""
+    async for start in _operations(dev_server_env, store, task_queue):
+        yield start
+
+
+async def _operations(
+    env: WorkflowEnvironment, store: OperationStore, task_queue: str
+) -> AsyncIterator[Callable[[Fleet], Awaitable[Operations]]]:
+    time_skipping_env = env
     stack: list[Any] = []
 
     async def start(fleet: Fleet) -> Operations:
@@ -439,11 +457,11 @@ async def test_a_stuck_migration_waits_for_an_operator_to_say_where_the_vm_runs(
 async def test_cancelling_during_live_migration_cancels_the_migrations_in_flight_and_keeps_the_host_locked(
     make_fleet: Callable[..., Awaitable[Fleet]],
     windows: MaintenanceWindowStore,
-    ops_on: Callable[[Fleet], Awaitable[Operations]],
+    ops_on_dev_server: Callable[[Fleet], Awaitable[Operations]],
     store: OperationStore,
 ) -> None:
     fleet = await make_fleet(6, memory_choices=(32,))
-    ops = await ops_on(fleet)
+    ops = await ops_on_dev_server(fleet)
     # 32 GiB at 2 MB/s: each migration takes hours in the model, 16 s here: cancelled well before.
     handle = await ops.start("NcDeepOffline", evacuation_input(rate=2, parallel=2))
     await wait_status(handle, "two migrations in flight", lambda s: "2 migrating" in s.progress)
@@ -457,8 +475,27 @@ async def test_cancelling_during_live_migration_cancels_the_migrations_in_flight
     assert record.result is not None
     vms = {vm["vm_id"]: vm for vm in record.result["vms"]}
     assert len(vms) == 6
-    assert sorted(vm["state"] for vm in vms.values()) == ["cancelled"] * 2 + ["pending"] * 4
+    for vm_id, vm in vms.items():
+        print(
+            "DBG",
+            vm_id,
+            vm["state"],
+            vm["status"],
+            vm["live_attempts"],
+            (await fleet.admin.vm(vm_id))["live_migrations"],
+        )
+    for call in await store.list_houyi_calls():
+        if call.action in ("live_migrate_vm", "cancel_live_migrate_vm"):
+            print(
+                "DBG call",
+                call.action,
+                call.code,
+                call.message,
+                call.params.get("vm_name"),
+                call.started_at.time(),
+            )
     assert {(vm["nc_id"], vm["status"]) for vm in vms.values()} == {(SOURCE_NC_ID, "running")}
+    assert sorted(vm["state"] for vm in vms.values()) == ["cancelled"] * 2 + ["pending"] * 4
     assert fleet.vms_of(SOURCE_NC_ID) == sorted(vms)
     migrations = [m for vm in vms for m in (await fleet.admin.vm(vm))["live_migrations"]]
     assert sorted(m["state"] for m in migrations) == ["cancelled", "cancelled"]

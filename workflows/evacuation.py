@@ -25,6 +25,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.evacuation import (
+        CancelMigrationsInput,
         ColdMigrateInput,
         CorrectMigrationInput,
         EvacuationActivities,
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         PublishInput,
         ReleaseRiInput,
         ReserveRiInput,
+        VmPlacement,
         VmPlacementsInput,
     )
     from activities.maintenance import MaintenanceActivities, WindowQuery
@@ -48,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         plan_evacuation,
         progress_line,
     )
-    from domain.model import Nc, NcDetail, PowerState
+    from domain.model import Nc, NcDetail, PowerState, VmStatus
     from domain.operations import OperationRequest
     from domain.settings import AfterColdMigration, LiveMigrationSettings
     from houyi.port import RiReservation
@@ -235,7 +237,7 @@ class EvacuationWorkflow(OperationWorkflow[RequestT]):
         total = len(queue)
 
         async def lane() -> None:
-            while queue:
+            while queue and not _being_cancelled():
                 await self._live_migrate(step, queue.pop(0))
 
         await asyncio.gather(*(lane() for _ in range(min(self.live_settings().parallel, total))))
@@ -608,17 +610,28 @@ class EvacuationWorkflow(OperationWorkflow[RequestT]):
         """Reads where each VM is now: the result's per-VM record, and the proof that none was lost."""
         if not self.status.vms:
             return
-        placements = await workflow.execute_activity_method(
-            EvacuationActivities.read_vm_placements,
-            VmPlacementsInput(
-                caller=self.workflow_id,
-                source_nc_id=self.source.nc_id,
-                vm_ids=[m.vm_id for m in self.status.vms],
-            ),
-            start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=30),
-            retry_policy=HOUYI_READ["retry_policy"],
-        )
+        placements = await self._read_placements()
+        still_migrating = [
+            p.vm_id
+            for p in placements
+            if p.status is VmStatus.MIGRATING and p.nc_id == self.source.nc_id and p.vm_id not in self._stuck
+        ]
+        if still_migrating:
+            # The operation ends with migrations of ours still running (a cancel reached their activities
+            # late): cancel them here, then read those VMs again.
+            stopped = await workflow.execute_activity_method(
+                EvacuationActivities.cancel_live_migrations,
+                CancelMigrationsInput(
+                    caller=self.workflow_id,
+                    step="CancelMigrationsAtExit",
+                    region_id=self.source.region_id,
+                    vm_ids=still_migrating,
+                ),
+                **HOUYI_WRITE,
+            )
+            for vm_id, why in stopped.not_cancelled.items():
+                self.status.refused_messages.append(f"migration of {vm_id} could not be cancelled: {why}")
+            placements = await self._read_placements()
         by_id = {p.vm_id: p for p in placements}
         for move in self.status.vms:
             placement = by_id.get(move.vm_id)
@@ -632,10 +645,30 @@ class EvacuationWorkflow(OperationWorkflow[RequestT]):
                 )
         self.update_progress()
 
+    async def _read_placements(self) -> list[VmPlacement]:
+        return await workflow.execute_activity_method(
+            EvacuationActivities.read_vm_placements,
+            VmPlacementsInput(
+                caller=self.workflow_id,
+                source_nc_id=self.source.nc_id,
+                vm_ids=[m.vm_id for m in self.status.vms],
+            ),
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=HOUYI_READ["retry_policy"],
+        )
+
     def vms_on_source(self) -> list[VmMove]:
+        """VMs last read on the source host."""
         return [
             m for m in self.status.vms if m.nc_id == self.source.nc_id and m.state is not VmMoveState.GONE
         ]
+
+
+def _being_cancelled() -> bool:
+    """Whether this coroutine's task has been asked to cancel (the operation is being cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _root_message(failure: BaseException) -> str:
