@@ -475,25 +475,6 @@ async def test_cancelling_during_live_migration_cancels_the_migrations_in_flight
     assert record.result is not None
     vms = {vm["vm_id"]: vm for vm in record.result["vms"]}
     assert len(vms) == 6
-    for vm_id, vm in vms.items():
-        print(
-            "DBG",
-            vm_id,
-            vm["state"],
-            vm["status"],
-            vm["live_attempts"],
-            (await fleet.admin.vm(vm_id))["live_migrations"],
-        )
-    for call in await store.list_houyi_calls():
-        if call.action in ("live_migrate_vm", "cancel_live_migrate_vm"):
-            print(
-                "DBG call",
-                call.action,
-                call.code,
-                call.message,
-                call.params.get("vm_name"),
-                call.started_at.time(),
-            )
     assert {(vm["nc_id"], vm["status"]) for vm in vms.values()} == {(SOURCE_NC_ID, "running")}
     assert sorted(vm["state"] for vm in vms.values()) == ["cancelled"] * 2 + ["pending"] * 4
     assert fleet.vms_of(SOURCE_NC_ID) == sorted(vms)
