@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint typecheck clean
+.PHONY: venv run test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed" >&2; exit 1; }
@@ -28,7 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check --quiet .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy domain houyi store activities workflows runtime simulator deploy starter worker.py tests
+	$(BIN)/mypy domain houyi store activities workflows runtime simulator deploy starter worker.py tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.evacuation
 
 clean:
 	rm -rf $(VENV) var

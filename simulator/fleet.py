@@ -1246,6 +1246,20 @@ class Fleet:
         self.counters["ri_released"] += 1
         return Ack()
 
+    def live_migration_spans(self) -> list[tuple[str, float, float | None, float]]:
+        """(vm id, started, ended or None, copy seconds) of every live migration, in real monotonic seconds:
+        how benchmarks measure a schedule of migrations against its lower bound."""
+        self._advance()
+        return [
+            (
+                m.vm_id,
+                m.started_at,
+                m.ends_at if m.state is MigrationState.SUCCEEDED else None,
+                m.copy_seconds,
+            )
+            for m in self._live_migrations.values()
+        ]
+
     def active_reservations(self) -> list[RiReservation]:
         return [r for r in self._reservations.values() if r.reservation_id not in self._released_reservations]
 
