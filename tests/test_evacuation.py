@@ -525,6 +525,9 @@ async def test_whole_host_migration_moves_every_vm_starting_the_stopped_ones_and
 ) -> None:
     fleet = await make_fleet(6, ineligible=2, stopped=2, memory_choices=(4,))
     failing = fleet.vms_of(SOURCE_NC_ID)[0]  # local disk: moves cold
+    # A process left on the source by an earlier migration of a VM that lives elsewhere.
+    elsewhere = fleet.vms_of("41000-10")[0]
+    await fleet.admin._request("POST", "/admin/residues", {"nc_id": SOURCE_NC_ID, "vm_id": elsewhere})
     await fleet.admin.inject(
         action="cold_migrate_vm", code=500, message="scheduler down", vm_name=failing, count=5
     )
@@ -547,4 +550,34 @@ async def test_whole_host_migration_moves_every_vm_starting_the_stopped_ones_and
     retried = next(vm for vm in result.vms if vm.vm_id == failing)
     assert (retried.cold_attempts, retried.state) == (2, VmMoveState.COLD_MIGRATED)
     assert (await fleet.admin.nc(SOURCE_IP))["biz_status"] == "mlock", "unlocking is a separate act"
-    assert "no residue on the host" in result.hosts[0].message
+    assert f"1 residue process(es) on the host, clean them with 0x10001000008002: {elsewhere} (paused)" in (
+        result.hosts[0].message
+    )
+    assert fleet.totals()["residues_destroyed"] == 0, "residues are reported, not destroyed"
+
+
+async def test_reserved_ri_capacity_is_released_when_the_operation_is_aborted(
+    make_fleet: Callable[..., Awaitable[Fleet]],
+    windows: MaintenanceWindowStore,
+    ops_on: Callable[[Fleet], Awaitable[Operations]],
+    store: OperationStore,
+) -> None:
+    fleet = await make_fleet(3, ineligible=1, memory_choices=(4,))
+    await seed_dev_windows(store, [CLUSTER])
+    cold = fleet.vms_of(SOURCE_NC_ID)[0]
+    await fleet.admin.inject(action="cold_migrate_vm", code=500, message="scheduler down", vm_name=cold)
+    ops = await ops_on(fleet)
+    handle = await ops.start("NcDeepOffline", evacuation_input())
+
+    status = await ops.wait(handle, OpsState.STEP_FAILED, within=30)
+    assert next(s for s in status.steps if s.name == "RecoverVmInTnb").status is StepStatus.WAITING
+    assert len(fleet.running.fleet.active_reservations()) == 1
+    await command(handle, "abort", "RecoverVmInTnb", comment="scheduler broken, later")
+
+    error = await failure_of(handle)
+    assert error.type == errors.OPERATION_ABORTED
+    assert fleet.running.fleet.active_reservations() == []
+    assert (fleet.totals()["ri_reserved"], fleet.totals()["ri_released"]) == (1, 1)
+    assert (await fleet.admin.nc(SOURCE_IP))["counters"]["power_offs"] == 0
+    audit = [(a.action, a.params.get("what")) for a in await store.list_audit(workflow_id=handle.id)]
+    assert ("clean_up", "release the reserved RI capacity") in audit
