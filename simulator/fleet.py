@@ -1246,17 +1246,20 @@ class Fleet:
         self.counters["ri_released"] += 1
         return Ack()
 
-    def live_migration_spans(self) -> list[tuple[str, float, float | None, float]]:
-        """(vm id, started, ended or None, copy seconds) of every live migration, in real monotonic seconds:
-        how benchmarks measure a schedule of migrations against its lower bound."""
+    def live_migration_spans(self) -> list[dict[str, Any]]:
+        """Every live migration with its start, end (None unless it succeeded) and copy time, in real
+        monotonic seconds of this process: how benchmarks measure a schedule against its lower bound."""
         self._advance()
         return [
-            (
-                m.vm_id,
-                m.started_at,
-                m.ends_at if m.state is MigrationState.SUCCEEDED else None,
-                m.copy_seconds,
-            )
+            {
+                "vm_id": m.vm_id,
+                "migration_id": m.migration_id,
+                "state": m.state.value,
+                "started_s": m.started_at,
+                "ended_s": m.ends_at if m.state is MigrationState.SUCCEEDED else None,
+                "copy_seconds": m.copy_seconds,
+                "simulated_seconds": m.copy_seconds * self.speed,
+            }
             for m in self._live_migrations.values()
         ]
 

@@ -358,6 +358,10 @@ async def _admin_events(request: web.Request) -> web.Response:
     return web.json_response({"events": _state(request).fleet.events})
 
 
+async def _admin_migrations(request: web.Request) -> web.Response:
+    return web.json_response(_state(request).fleet.live_migration_spans())
+
+
 async def _admin_calls(request: web.Request) -> web.Response:
     action = request.query.get("action")
     calls = [call for call in _state(request).current.call_log if action is None or call["action"] == action]
@@ -394,6 +398,7 @@ def build_app(state: SimulatorState) -> web.Application:
     app.router.add_get("/admin/counters", _admin_counters)
     app.router.add_get("/admin/events", _admin_events)
     app.router.add_get("/admin/calls", _admin_calls)
+    app.router.add_get("/admin/migrations", _admin_migrations)
     return app
 
 
