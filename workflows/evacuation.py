@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         VmPlacementsInput,
     )
     from activities.maintenance import MaintenanceActivities, WindowQuery
-    from activities.nc import DescribeNcInput, NcActivities, WaitPowerInput
+    from activities.nc import DescribeNcInput, LockNcInput, NcActivities, WaitPowerInput
     from domain import errors
     from domain.evacuation import (
         EvacuationPlan,
@@ -50,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         plan_evacuation,
         progress_line,
     )
-    from domain.model import Nc, NcDetail, PowerState, VmStatus
+    from domain.model import Nc, NcBizStatus, NcDetail, PowerState, VmStatus
     from domain.operations import OperationRequest
     from domain.settings import AfterColdMigration, LiveMigrationSettings
     from houyi.port import RiReservation
@@ -186,6 +186,21 @@ class EvacuationWorkflow(OperationWorkflow[RequestT]):
                 "cold-migrated inside one: configure it first (python -m store.maintenance set ...)",
             )
         return f"maintenance window of {self.source.cluster_id}: {answer.state.describe()}"
+
+    # ---- LockNc ------------------------------------------------------------------------------------
+
+    async def lock_source(self, step: str) -> str:
+        """free -> mlock; a host already mlock stays so. Nothing unlocks it on exit: after an evacuation,
+        unlocking is an operator's decision."""
+        nc = self.source
+        if nc.biz_status is NcBizStatus.MLOCK:
+            return "already mlock"
+        change = await workflow.execute_activity_method(
+            NcActivities.lock_nc,
+            LockNcInput(caller=self.workflow_id, step=step, nc_id=nc.nc_id, nc_ip=nc.nc_ip),
+            **HOUYI_STEP,
+        )
+        return f"{change.status_before.value} -> {change.status_after.value}"
 
     # ---- InitVmStatus ------------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.evacuation import EvacuationActivities, NotifyInput
-    from activities.nc import LockNcInput, NcActivities
     from domain import errors
     from domain.model import NcBizStatus
     from domain.operations import HostOutcomeKind, NcDeepOfflineInput, OperationResult
@@ -83,7 +82,7 @@ class _DeepOffline(EvacuationWorkflow[NcDeepOfflineInput]):
         settings = request.settings
         nc = self.source
         # The host stays locked on every exit path: unlocking is an operator's act after a deep offline.
-        await self.step(LOCK_NC, self._lock, lambda message: message)
+        await self.step(LOCK_NC, lambda: self.lock_source(LOCK_NC), _same)
         await self.step(INIT_VM_STATUS, lambda: self.init_vm_status(live=self.LIVE), _same)
         if self.LIVE:
             await self.step(LIVE_MIGRATE, lambda: self.live_migrate_all(LIVE_MIGRATE), _same)
@@ -120,17 +119,6 @@ class _DeepOffline(EvacuationWorkflow[NcDeepOfflineInput]):
                 "vms": len(self.status.vms),
             },
         )
-
-    async def _lock(self) -> str:
-        nc = self.source
-        if nc.biz_status is NcBizStatus.MLOCK:
-            return "already mlock"
-        change = await workflow.execute_activity_method(
-            NcActivities.lock_nc,
-            LockNcInput(caller=self.workflow_id, step=LOCK_NC, nc_id=nc.nc_id, nc_ip=nc.nc_ip),
-            **HOUYI_STEP,
-        )
-        return f"{change.status_before.value} -> {change.status_after.value}"
 
     async def _notify(self) -> str:
         target = self.request.requester

@@ -15,14 +15,13 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.evacuation import EvacuationActivities, NcInput
-    from activities.nc import LockNcInput, NcActivities
     from domain import errors
     from domain.evacuation import VmMoveState
     from domain.model import NcBizStatus
     from domain.operations import HostOutcomeKind, OperationResult, WholeHostMigrationInput
     from domain.opscodes import OpsCode
     from domain.settings import AfterColdMigration
-    from workflows.common import HOUYI_READ, HOUYI_STEP
+    from workflows.common import HOUYI_READ
     from workflows.evacuation import RECORD_VMS, EvacuationWorkflow
     from workflows.lifecycle import StepCommand, StepCommandInput
 
@@ -66,7 +65,7 @@ class WholeHostMigrationWorkflow(EvacuationWorkflow[WholeHostMigrationInput]):
 
     async def execute(self, request: WholeHostMigrationInput) -> None:
         nc = self.source
-        await self.step(LOCK_NC, self._lock, _same)
+        await self.step(LOCK_NC, lambda: self.lock_source(LOCK_NC), _same)
         await self.step(INIT_VM_STATUS, lambda: self.init_vm_status(live=True), _same)
         await self.step(MIGRATE_VMS, self._migrate, _same)
         residues = await self.step(CHECK_RESIDUES, self._check_residues, _same)
@@ -80,17 +79,6 @@ class WholeHostMigrationWorkflow(EvacuationWorkflow[WholeHostMigrationInput]):
         outcome.message = f"{len(self.status.vms)} VM(s) moved off: {live} live, {cold} cold; " + (
             residues or "residue check skipped"
         )
-
-    async def _lock(self) -> str:
-        nc = self.source
-        if nc.biz_status is NcBizStatus.MLOCK:
-            return "already mlock"
-        change = await workflow.execute_activity_method(
-            NcActivities.lock_nc,
-            LockNcInput(caller=self.workflow_id, step=LOCK_NC, nc_id=nc.nc_id, nc_ip=nc.nc_ip),
-            **HOUYI_STEP,
-        )
-        return f"{change.status_before.value} -> {change.status_after.value}"
 
     async def _migrate(self) -> str:
         """Live where it can, then cold for the rest; a retry (relaunch) moves only what is left."""
