@@ -581,3 +581,22 @@ async def test_reserved_ri_capacity_is_released_when_the_operation_is_aborted(
     assert (await fleet.admin.nc(SOURCE_IP))["counters"]["power_offs"] == 0
     audit = [(a.action, a.params.get("what")) for a in await store.list_audit(workflow_id=handle.id)]
     assert ("clean_up", "release the reserved RI capacity") in audit
+
+
+@pytest.mark.parametrize("workflow_type", ["NcDeepOffline", "WholeHostMigration"])
+async def test_a_host_neither_free_nor_mlock_is_refused_naming_its_status(
+    workflow_type: str,
+    make_fleet: Callable[..., Awaitable[Fleet]],
+    windows: MaintenanceWindowStore,
+    ops_on: Callable[[Fleet], Awaitable[Operations]],
+) -> None:
+    fleet = await make_fleet(2)
+    await fleet.admin.patch_nc(SOURCE_IP, biz_status="nc_down")
+    ops = await ops_on(fleet)
+    raw = evacuation_input() if workflow_type == "NcDeepOffline" else {**evacuation_input(), "settings": {}}
+
+    error = await failure_of(await ops.start(workflow_type, raw))
+
+    assert error.type == errors.NC_WRONG_STATUS
+    assert f"NC {SOURCE_IP} ({SOURCE_NC_ID}) is nc_down" in error.message
+    assert await fleet.admin.touched(SOURCE_IP) == {}
