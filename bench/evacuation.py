@@ -162,7 +162,9 @@ async def main() -> None:
     await seed_dev_windows(store, [CLUSTER])
     # A dozen automatic deep offlines in one cluster within the hour is a storm by default (held for
     # approval after ten): off for this cluster, the benchmark is no storm.
-    await store.lifecycle.set_storm_breaker(StormBreaker(cluster_id=CLUSTER, enabled=False), updated_by="bench")
+    await store.lifecycle.set_storm_breaker(
+        StormBreaker(cluster_id=CLUSTER, enabled=False), updated_by="bench"
+    )
     try:
         runs = []
         for vms, parallel, speed in [(v, p, SPEED) for v in SIZES for p in PARALLELS] + REALISTIC:
