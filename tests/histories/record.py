@@ -208,7 +208,7 @@ async def main_evacuations() -> None:
             await windows.remove_windows(CLUSTER)
             first_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[0]
             last_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[-1]
-            extra = list(signals)
+            extra: list[tuple[OpsState, str, BaseModel]] = list(signals)
             if setup == "window":
                 opens = datetime.now(UTC) + timedelta(days=1)
                 await windows.set_window(
