@@ -21,6 +21,7 @@ from activities.lifecycle import LifecycleActivities
 from activities.maintenance import MaintenanceActivities
 from activities.nc import DEFAULT_POWER_POLL_SECONDS, NcActivities
 from activities.operations import OperationActivities
+from activities.residue import ResidueActivities
 from houyi.http_client import HttpHouyiClient
 from houyi.port import HouyiPort
 from runtime import search_attributes
@@ -34,6 +35,7 @@ from workflows.nc_deep_offline import NcDeepOfflineColdWorkflow, NcDeepOfflineWo
 from workflows.nc_forced_reboot import NcForcedRebootWorkflow
 from workflows.nc_lock import NcLockWorkflow
 from workflows.nc_re_online import NcReOnlineWorkflow
+from workflows.vm_residue_cleanup import VmResidueCleanupWorkflow
 from workflows.whole_host_migration import WholeHostMigrationWorkflow
 
 log = structlog.get_logger("worker")
@@ -45,6 +47,7 @@ WORKFLOWS: Sequence[type] = (
     NcDeepOfflineWorkflow,
     NcDeepOfflineColdWorkflow,
     WholeHostMigrationWorkflow,
+    VmResidueCleanupWorkflow,
 )
 
 
@@ -67,6 +70,7 @@ def activities_for(
     lifecycle = LifecycleActivities(store, houyi, client)
     evacuation = EvacuationActivities(houyi, poll_seconds=migration_poll_seconds, time_scale=time_scale)
     maintenance = MaintenanceActivities(MaintenanceWindowStore.of(store))
+    residue = ResidueActivities(houyi)
     return [
         nc.describe_nc,
         nc.lock_nc,
@@ -98,6 +102,8 @@ def activities_for(
         evacuation.power_off_empty_nc,
         evacuation.power_on_nc,
         maintenance.window_state,
+        residue.inventory,
+        residue.destroy,
     ]
 
 

@@ -12,11 +12,13 @@ from domain import errors
 from domain.evacuation import VmMove
 from domain.model import NcBizStatus, NcIp
 from domain.opscodes import OpsCode
+from domain.residue import ProcessPlan
 from domain.settings import (
     NcDeepOfflineSettings,
     NcForcedRebootSettings,
     NcLockSettings,
     NcReOnlineSettings,
+    VmResidueCleanupSettings,
     WholeHostMigrationSettings,
 )
 
@@ -132,6 +134,12 @@ class WholeHostMigrationInput(OperationRequest):
     settings: WholeHostMigrationSettings = Field(default_factory=WholeHostMigrationSettings)
 
 
+class VmResidueCleanupInput(OperationRequest):
+    """Input of ``VmResidueCleanup`` (0x10001000008002): a host, optionally one VM (setting ``vm``)."""
+
+    settings: VmResidueCleanupSettings = Field(default_factory=VmResidueCleanupSettings)
+
+
 class HostOutcomeKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -165,7 +173,11 @@ class OperationResult(BaseModel):
         default_factory=list, description="per-VM record of an operation that moves VMs"
     )
 
-    @field_validator("vms", mode="before")
+    processes: list[ProcessPlan] = Field(
+        default_factory=list, description="per-process record of a residue cleanup"
+    )
+
+    @field_validator("vms", "processes", mode="before")
     @classmethod
     def _null_is_empty(cls, value: Any) -> Any:
         # The temporal CLI prints an empty list as null (``-o json``).

@@ -140,6 +140,7 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "VM residue on NC cleanup",
             "Destroys VM processes left on a host that the control plane places elsewhere or has released.",
             settings_model=VmResidueCleanupSettings,
+            implemented=True,
         ),
         _spec(
             OpsCode.WILD_VM_CLEANUP,

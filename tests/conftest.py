@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.temporal",
     "tests.fixtures.stack",
+    "tests.fixtures.evacuation",
 ]

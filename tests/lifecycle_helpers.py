@@ -32,6 +32,7 @@ WORKFLOW_OPSCODES = {
     "NcDeepOffline": "0x400003",
     "NcDeepOfflineCold": "0x40003000001001",
     "WholeHostMigration": "WholeHostMigration",
+    "VmResidueCleanup": "0x10001000008002",
 }
 
 

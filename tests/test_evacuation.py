@@ -7,10 +7,8 @@ The fleet is ``simulator.evacuation_fleet``: ``10.40.0.10`` carries the VMs, its
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,21 +25,18 @@ from simulator.evacuation_fleet import (
     FULL_SOURCE_IP,
     SOURCE_IP,
     SOURCE_NC_ID,
-    build_evacuation_fleet,
 )
-from simulator.server import RunningSimulator
 from store.maintenance import MaintenanceWindowStore
 from store.repository import OperationStore
-from store.seed import seed_dev_approvers, seed_dev_windows
-from tests.fixtures.simulator import SimulatorFactory, write_fleet
-from tests.helpers import SimulatorAdmin, eventually
+from store.seed import seed_dev_windows
+from tests.fixtures.evacuation import Fleet
+from tests.helpers import eventually
 from tests.lifecycle_helpers import (
     REQUESTER,
     Operations,
     approve,
     command,
     failure_of,
-    running_worker,
     status_of,
     wait_status,
 )
@@ -79,50 +74,6 @@ def evacuation_input(nc_ip: str = SOURCE_IP, *, source: str = "alert", **setting
     }
 
 
-class Fleet:
-    """The running simulator of one evacuation fleet, and the test's view of it."""
-
-    def __init__(self, running: RunningSimulator, spec: dict[str, Any]) -> None:
-        self.running = running
-        self.spec = spec
-        self.admin = SimulatorAdmin(running.url)
-
-    def vms_of(self, nc_id: str) -> list[str]:
-        return sorted(vm.vm_id for vm in self.running.fleet.vms.values() if vm.nc_id == nc_id)
-
-    def statuses(self) -> dict[str, str]:
-        return {vm.vm_id: vm.status.value for vm in self.running.fleet.vms.values()}
-
-    def totals(self) -> dict[str, int]:
-        return self.running.fleet.totals()
-
-
-@pytest.fixture
-async def make_fleet(simulator_factory: SimulatorFactory, tmp_path: Path) -> Callable[..., Awaitable[Fleet]]:
-    async def make(vm_count: int = 12, **options: Any) -> Fleet:
-        spec = build_evacuation_fleet(vm_count, **options)
-        running = await simulator_factory(write_fleet(tmp_path / f"evac-{uuid.uuid4()}.json", spec))
-        return Fleet(running, spec)
-
-    return make
-
-
-@pytest.fixture
-async def windows(store: OperationStore) -> MaintenanceWindowStore:
-    await seed_dev_approvers(store)
-    return MaintenanceWindowStore.of(store)
-
-
-class Evacuations:
-    def __init__(
-        self, env: WorkflowEnvironment, store: OperationStore, task_queue: str, fleet: Fleet
-    ) -> None:
-        self.env = env
-        self.store = store
-        self.task_queue = task_queue
-        self.fleet = fleet
-
-
 @pytest.fixture
 async def mixed(
     make_fleet: Callable[..., Awaitable[Fleet]],
@@ -133,47 +84,6 @@ async def mixed(
     fleet = await make_fleet(12, ineligible=3, stopped=2)
     await seed_dev_windows(store, [CLUSTER])
     return fleet
-
-
-@pytest.fixture
-async def ops_on(
-    time_skipping_env: WorkflowEnvironment, store: OperationStore, task_queue: str
-) -> AsyncIterator[Callable[[Fleet], Awaitable[Operations]]]:
-    """Operations against a fleet on the time-skipping server: starts the worker on that fleet's simulator."""
-    async for start in _operations(time_skipping_env, store, task_queue):
-        yield start
-
-
-@pytest.fixture
-async def ops_on_dev_server(
-    dev_server_env: WorkflowEnvironment, store: OperationStore, task_queue: str
-) -> AsyncIterator[Callable[[Fleet], Awaitable[Operations]]]:
-    """The same on the dev server, whose timeouts run on the real clock (cancellation tests need that: the
-    time-skipping server skips heartbeat timeouts of activities still running)."""
-    async for start in _operations(dev_server_env, store, task_queue):
-        yield start
-
-
-async def _operations(
-    env: WorkflowEnvironment, store: OperationStore, task_queue: str
-) -> AsyncIterator[Callable[[Fleet], Awaitable[Operations]]]:
-    time_skipping_env = env
-    stack: list[Any] = []
-
-    async def start(fleet: Fleet) -> Operations:
-        context = running_worker(time_skipping_env.client, task_queue, fleet.running.url, store)
-        await context.__aenter__()
-        stack.append(context)
-        ops = Operations(time_skipping_env.client, task_queue, store)
-        stack.append(ops)
-        return ops
-
-    yield start
-    for item in reversed(stack):
-        if isinstance(item, Operations):
-            await item.close()
-        else:
-            await item.__aexit__(None, None, None)
 
 
 def step_table(status: OperationStatus) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_deep_offline_cold_waited_for_window",
         "nc_deep_offline_stuck_corrected",
         "whole_host_migration_relaunched",
+        "vm_residue_cleanup_destroyed",
         # Recorded before workflow.patched("void-unexecuted-admissions"): they must still replay.
         "nc_forced_reboot_rejected_before_void_patch",
         "nc_forced_reboot_abandoned_before_void_patch",

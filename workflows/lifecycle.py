@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         parse_input,
     )
     from domain.opscodes import CATALOG, OpsCode, OpsCodeSpec
+    from domain.residue import ProcessPlan
     from runtime import search_attributes as sa
     from store.lifecycle import AdmissionRequest, AdmissionVerdict
     from store.repository import AuditEntry, AuditResult, NewOperation
@@ -126,6 +127,7 @@ class OperationStatus(BaseModel):
     outcomes: list[HostOutcome] = Field(default_factory=list)
     progress: str = ""
     vms: list[VmMove] = Field(default_factory=list)
+    processes: list[ProcessPlan] = Field(default_factory=list)
     error: str | None = None
 
     def markdown(self) -> str:
@@ -183,6 +185,18 @@ class OperationStatus(BaseModel):
             ]
         if self.vms:
             lines += ["", f"**VMs: {self.progress}**", "", *_vm_table(self.vms)]
+        if self.processes:
+            lines += [
+                "",
+                "| VM process | pid | state | record | verdict | action | outcome | why |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {p.vm_id} | {p.pid} | {p.process_state} | {p.record_nc_id or '-'} "
+                f"({p.record_status.value if p.record_status else 'none'}) | {p.verdict.value} "
+                f"| {'destroy' if p.destroy else 'keep'} | {p.outcome.value} | {(p.message or p.reason).replace('|', '/')} |"
+                for p in self.processes
+            ]
         return "\n".join(lines)
 
 
@@ -920,6 +934,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             message=message,
             finished_at=workflow.now(),
             vms=self.status.vms,
+            processes=self.status.processes,
         )
         await workflow.execute_activity_method(
             OperationActivities.set_operation_state,

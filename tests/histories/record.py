@@ -162,7 +162,7 @@ async def main() -> None:
         await env.shutdown()
 
 
-async def main_evacuations() -> None:
+async def main_evacuations(only: list[str]) -> None:
     """The evacuation workflows, on ``simulator.evacuation_fleet`` (one fleet per recording)."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
@@ -201,7 +201,11 @@ async def main_evacuations() -> None:
             ("nc_deep_offline_stuck_corrected", 2, {}, "NcDeepOffline", deep_offline(needLimit=0), [approve], "stuck"),
             ("whole_host_migration_relaunched", 4, {"stopped": 1, "ineligible": 1}, "WholeHostMigration",
              {**deep_offline(), "settings": {"parallel": 2}}, [approve], "relaunch"),
+            ("vm_residue_cleanup_destroyed", 2, {}, "VmResidueCleanup",
+             {**deep_offline(), "settings": {"preLock": 0}}, [approve], "residue"),
         ):  # fmt: skip
+            if only and name not in only:
+                continue
             simulator = await on_fleet(name, vm_count, memory_choices=(4,), **options)
             admin = SimulatorAdmin(simulator.url)
             windows = MaintenanceWindowStore.of(store)
@@ -222,6 +226,9 @@ async def main_evacuations() -> None:
                 await admin.inject(action="live_migrate_vm", kind="stuck", vm_name=first_vm, count=1)
                 extra.append((OpsState.STEP_FAILED, "correct_migration",
                               CorrectMigrationSignal(operator="admin", vm_id=first_vm, where=SOURCE_NC_ID)))  # fmt: skip
+            if setup == "residue":
+                elsewhere = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-full"))[0]
+                await admin._request("POST", "/admin/residues", {"nc_id": SOURCE_NC_ID, "vm_id": elsewhere})
             if setup == "relaunch":
                 await admin.inject(
                     action="cold_migrate_vm", code=500, message="scheduler down", vm_name=first_vm, count=5
@@ -245,4 +252,5 @@ async def main_evacuations() -> None:
 
 if __name__ == "__main__":
     # ``evacuations``: only the evacuation workflows' histories (added with issue 4).
-    asyncio.run(main_evacuations() if sys.argv[1:] == ["evacuations"] else main())
+    # ``evacuations [NAME ...]``: the evacuation workflows' histories (issue 4 on), or only those named.
+    asyncio.run(main_evacuations(sys.argv[2:]) if sys.argv[1:2] == ["evacuations"] else main())
