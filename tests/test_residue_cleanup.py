@@ -117,3 +117,29 @@ async def test_naming_a_vm_without_a_process_on_the_host_is_refused(
     assert error.type == errors.INVALID_SETTINGS
     assert f"no process of vm {elsewhere} on NC {SOURCE_IP}" in error.message
     assert await fleet.admin.touched(SOURCE_IP) == {}
+
+
+async def test_after_a_whole_host_migration_left_residues_the_cleanup_removes_exactly_them(
+    make_fleet: Callable[..., Awaitable[Fleet]],
+    windows: MaintenanceWindowStore,
+    ops_on: Callable[[Fleet], Awaitable[Operations]],
+) -> None:
+    fleet = await make_fleet(5, memory_choices=(4,), residue_rate=1.0)
+    moved = fleet.vms_of(SOURCE_NC_ID)
+    ops = await ops_on(fleet)
+    migration = await ops.start("WholeHostMigration", {**cleanup_input(), "settings": {"parallel": 2}})
+    migrated = await migration.result()
+    assert f"{len(moved)} residue process(es) on the host" in migrated.hosts[0].message
+    assert fleet.vms_of(SOURCE_NC_ID) == []
+
+    result = await (await ops.start("VmResidueCleanup", cleanup_input())).result()
+
+    assert result.state is OpsState.SUCCEEDED
+    assert sorted(p.vm_id for p in result.processes if p.outcome is ProcessOutcome.DESTROYED) == moved
+    assert {p.verdict for p in result.processes} == {Verdict.RESIDUE_ELSEWHERE}
+    counters = (await fleet.admin.nc(SOURCE_IP))["counters"]
+    assert (counters["residues_destroyed"], counters["authoritative_destroyed"]) == (len(moved), 0)
+    assert (await fleet.admin.nc(SOURCE_IP))["residues"] == []
+    assert {vm: status for vm, status in fleet.statuses().items() if vm in moved} == dict.fromkeys(
+        moved, "running"
+    )
