@@ -35,7 +35,7 @@ from workflows.nc_deep_offline import NcDeepOfflineColdWorkflow, NcDeepOfflineWo
 from workflows.nc_forced_reboot import NcForcedRebootWorkflow
 from workflows.nc_lock import NcLockWorkflow
 from workflows.nc_re_online import NcReOnlineWorkflow
-from workflows.vm_residue_cleanup import VmResidueCleanupWorkflow
+from workflows.vm_residue_cleanup import VmResidueCleanupWorkflow, WildVmCleanupWorkflow
 from workflows.whole_host_migration import WholeHostMigrationWorkflow
 
 log = structlog.get_logger("worker")
@@ -48,6 +48,7 @@ WORKFLOWS: Sequence[type] = (
     NcDeepOfflineColdWorkflow,
     WholeHostMigrationWorkflow,
     VmResidueCleanupWorkflow,
+    WildVmCleanupWorkflow,
 )
 
 

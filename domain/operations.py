@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from domain import errors
 from domain.evacuation import VmMove
@@ -20,6 +20,7 @@ from domain.settings import (
     NcReOnlineSettings,
     VmResidueCleanupSettings,
     WholeHostMigrationSettings,
+    WildVmCleanupSettings,
 )
 
 
@@ -138,6 +139,22 @@ class VmResidueCleanupInput(OperationRequest):
     """Input of ``VmResidueCleanup`` (0x10001000008002): a host, optionally one VM (setting ``vm``)."""
 
     settings: VmResidueCleanupSettings = Field(default_factory=VmResidueCleanupSettings)
+
+
+class WildVmCleanupInput(OperationInput):
+    """Input of ``WildVmCleanup`` (0x3000000000802): a cluster to sweep, or a list of hosts."""
+
+    cluster_id: str | None = Field(default=None, min_length=1, max_length=128)
+    nc_ips: list[NcIp] | None = Field(default=None, min_length=1, max_length=500)
+    settings: WildVmCleanupSettings = Field(default_factory=WildVmCleanupSettings)
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> WildVmCleanupInput:
+        if (self.cluster_id is None) == (self.nc_ips is None):
+            raise ValueError("give either cluster_id or nc_ips, not both and not neither")
+        if self.nc_ips is not None and len(set(self.nc_ips)) != len(self.nc_ips):
+            raise ValueError("hosts listed more than once")
+        return self
 
 
 class HostOutcomeKind(StrEnum):

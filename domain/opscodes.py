@@ -14,6 +14,7 @@ from domain.settings import (
     OpsSettings,
     VmResidueCleanupSettings,
     WholeHostMigrationSettings,
+    WildVmCleanupSettings,
 )
 
 
@@ -147,7 +148,8 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             "WildVmCleanup",
             "wild VM handling",
             "Sweeps a cluster or hosts for residue VMs and cleans them.",
-            settings_model=VmResidueCleanupSettings,
+            settings_model=WildVmCleanupSettings,
+            implemented=True,
         ),
         _spec(
             OpsCode.NC_TEMPLATE_RECONFIG,

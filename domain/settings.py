@@ -120,3 +120,9 @@ class VmResidueCleanupSettings(OpsSettings):
         alias="foreCleanWildVm",
         description="true: clean a released VM without checking its process; false: check the process first",
     )
+
+
+class WildVmCleanupSettings(VmResidueCleanupSettings):
+    """0x3000000000802: a sweep over many hosts."""
+
+    parallel: int = Field(default=4, ge=1, le=32, description="hosts cleaned at once")

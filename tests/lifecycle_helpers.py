@@ -33,6 +33,7 @@ WORKFLOW_OPSCODES = {
     "NcDeepOfflineCold": "0x40003000001001",
     "WholeHostMigration": "WholeHostMigration",
     "VmResidueCleanup": "0x10001000008002",
+    "WildVmCleanup": "0x3000000000802",
 }
 
 

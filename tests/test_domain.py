@@ -90,6 +90,8 @@ def test_the_catalog_marks_what_has_a_workflow_as_implemented() -> None:
         OpsCode.NC_RE_ONLINE,
         OpsCode.NC_DEEP_OFFLINE,
         OpsCode.NC_DEEP_OFFLINE_COLD,
+        OpsCode.VM_RESIDUE_CLEANUP,
+        OpsCode.WILD_VM_CLEANUP,
         OpsCode.WHOLE_HOST_MIGRATION,
     ]
 

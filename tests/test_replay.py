@@ -39,6 +39,7 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_deep_offline_stuck_corrected",
         "whole_host_migration_relaunched",
         "vm_residue_cleanup_destroyed",
+        "wild_vm_cleanup_swept",
         # Recorded before workflow.patched("void-unexecuted-admissions"): they must still replay.
         "nc_forced_reboot_rejected_before_void_patch",
         "nc_forced_reboot_abandoned_before_void_patch",

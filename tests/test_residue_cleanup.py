@@ -10,7 +10,7 @@ from typing import Any
 from domain import errors
 from domain.operations import OpsState
 from domain.residue import ProcessOutcome, Verdict
-from simulator.evacuation_fleet import SOURCE_IP, SOURCE_NC_ID
+from simulator.evacuation_fleet import CLUSTER, SOURCE_IP, SOURCE_NC_ID
 from store.maintenance import MaintenanceWindowStore
 from tests.fixtures.evacuation import Fleet
 from tests.lifecycle_helpers import REQUESTER, Operations, approve, failure_of
@@ -143,3 +143,65 @@ async def test_after_a_whole_host_migration_left_residues_the_cleanup_removes_ex
     assert {vm: status for vm, status in fleet.statuses().items() if vm in moved} == dict.fromkeys(
         moved, "running"
     )
+
+
+# ---- 0x3000000000802 -------------------------------------------------------------------------------------
+
+
+def sweep_input(**scope: Any) -> dict[str, Any]:
+    return {
+        "requester": REQUESTER,
+        "reason_category": "internal_reboot",
+        "reason": "weekly wild VM sweep",
+        "source": "alert",
+        **scope,
+        "settings": {"parallel": 2},
+    }
+
+
+async def test_a_cluster_sweep_cleans_each_host_with_residues_and_only_those_hosts(
+    make_fleet: Callable[..., Awaitable[Fleet]],
+    windows: MaintenanceWindowStore,
+    ops_on: Callable[[Fleet], Awaitable[Operations]],
+) -> None:
+    fleet = await make_fleet(2)
+    first, second, busy = fleet.vms_of(FULL_HOST)[:3]
+    await plant(fleet, first)
+    await fleet.admin._request("POST", "/admin/residues", {"nc_id": "40000-11", "vm_id": second})
+    await fleet.admin._request(
+        "POST",
+        "/admin/residues",
+        {"nc_id": "40000-11", "vm_id": busy, "state": "running", "guest_active": True},
+    )
+    ops = await ops_on(fleet)
+
+    result = await (await ops.start("WildVmCleanup", sweep_input(cluster_id=CLUSTER))).result()
+
+    assert result.state is OpsState.SUCCEEDED
+    assert sorted(h.nc_ip for h in result.hosts) == [SOURCE_IP, "10.40.0.11"]
+    destroyed = {(p.nc_id, p.vm_id) for p in result.processes if p.outcome is ProcessOutcome.DESTROYED}
+    assert destroyed == {(SOURCE_NC_ID, first), ("40000-11", second)}
+    kept = next(p for p in result.processes if p.vm_id == busy)
+    assert kept.outcome is ProcessOutcome.SKIPPED
+    assert fleet.totals()["authoritative_destroyed"] == 0 and fleet.totals()["residues_destroyed"] == 2
+    assert [h.message for h in sorted(result.hosts, key=lambda h: h.nc_ip)] == [
+        "1 destroyed, 2 kept, 0 failed",
+        "1 destroyed, 1 kept, 0 failed",
+    ]
+
+
+async def test_a_sweep_needs_exactly_one_scope(
+    make_fleet: Callable[..., Awaitable[Fleet]],
+    windows: MaintenanceWindowStore,
+    ops_on: Callable[[Fleet], Awaitable[Operations]],
+) -> None:
+    fleet = await make_fleet(1)
+    ops = await ops_on(fleet)
+
+    both = await failure_of(
+        await ops.start("WildVmCleanup", sweep_input(cluster_id=CLUSTER, nc_ips=[SOURCE_IP]))
+    )
+    neither = await failure_of(await ops.start("WildVmCleanup", sweep_input()))
+
+    assert both.type == neither.type == errors.INVALID_INPUT
+    assert "give either cluster_id or nc_ips, not both and not neither" in both.message

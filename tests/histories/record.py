@@ -203,6 +203,9 @@ async def main_evacuations(only: list[str]) -> None:
              {**deep_offline(), "settings": {"parallel": 2}}, [approve], "relaunch"),
             ("vm_residue_cleanup_destroyed", 2, {}, "VmResidueCleanup",
              {**deep_offline(), "settings": {"preLock": 0}}, [approve], "residue"),
+            ("wild_vm_cleanup_swept", 2, {}, "WildVmCleanup",
+             {"cluster_id": CLUSTER, "requester": "alice", "reason_category": "internal_reboot",
+              "settings": {"parallel": 2}}, [approve], "residue"),
         ):  # fmt: skip
             if only and name not in only:
                 continue
