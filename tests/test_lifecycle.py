@@ -478,27 +478,38 @@ async def test_a_rejected_reboot_does_not_use_up_the_clusters_flow_control_budge
 
 
 async def test_flow_control_windows_slide_on_the_workflow_clock(
-    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin
+    own_time_skipping_env: WorkflowEnvironment,
+    simulator: Any,
+    store: OperationStore,
+    task_queue: str,
+    admin: SimulatorAdmin,
 ) -> None:
-    env = time_skipping_env
-    first, second, third = await admin.free_ncs(CLUSTER, 3)
-    handle = await ops.reboot(first["nc_ip"])
-    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
-    # Admitted just before the approval gate set its 24 h deadline (the clock does not move while we poll).
-    assert status.approval_deadline is not None
-    admitted_by = status.approval_deadline - timedelta(minutes=1440)
-    await approve(handle)
-    assert (await handle.result()).state is OpsState.SUCCEEDED  # the clock may jump while we wait
+    env = own_time_skipping_env
+    await seed_dev_approvers(store)
+    async with running_worker(env.client, task_queue, simulator.url, store):
+        ops = Operations(env.client, task_queue, store)
+        try:
+            first, second, third = await admin.free_ncs(CLUSTER, 3)
+            handle = await ops.reboot(first["nc_ip"])
+            status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
+            # Admitted just before the approval gate set its 24 h deadline (the clock does not move while
+            # we poll).
+            assert status.approval_deadline is not None
+            admitted_by = status.approval_deadline - timedelta(minutes=1440)
+            await approve(handle)
+            assert (await handle.result()).state is OpsState.SUCCEEDED  # the clock may jump while we wait
 
-    await sleep_in_days(env, admitted_by + timedelta(minutes=10070) - await env.get_current_time())
-    still_within = await ops.reboot(second["nc_ip"])
-    assert await eventually(lambda: settled_or_pending(still_within)) is OpsState.ABANDONED
-    error = (await status_of(still_within)).error
-    assert error is not None and f"cluster {CLUSTER}" in error and "within 10080 min" in error
+            await sleep_in_days(env, admitted_by + timedelta(minutes=10070) - await env.get_current_time())
+            still_within = await ops.reboot(second["nc_ip"])
+            assert await eventually(lambda: settled_or_pending(still_within)) is OpsState.ABANDONED
+            error = (await status_of(still_within)).error
+            assert error is not None and f"cluster {CLUSTER}" in error and "within 10080 min" in error
 
-    await sleep_in_days(env, admitted_by + timedelta(minutes=10081) - await env.get_current_time())
-    await reboot_approved(ops, third["nc_ip"])
-    assert (await admin.nc(third["nc_ip"]))["counters"]["power_cycles"] == 1
+            await sleep_in_days(env, admitted_by + timedelta(minutes=10081) - await env.get_current_time())
+            await reboot_approved(ops, third["nc_ip"])
+            assert (await admin.nc(third["nc_ip"]))["counters"]["power_cycles"] == 1
+        finally:
+            await ops.close()
 
 
 # ---- storm breaker -----------------------------------------------------------------------------------
