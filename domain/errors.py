@@ -36,6 +36,16 @@ MIGRATION_FAILED: Final = "MigrationFailed"
 VMS_NOT_MOVED: Final = "VmsNotMoved"
 NC_NOT_EMPTY: Final = "NcNotEmpty"
 
+# Disk live migration: each limit its own refusal.
+DISK_NOT_RIVER: Final = "DiskNotRiver"
+DISK_SHARED: Final = "DiskShared"
+DISK_TOO_LARGE: Final = "DiskTooLarge"
+DISK_CHANGE_REFUSED: Final = "DiskChangeRefused"
+DISK_SAME_CLUSTER: Final = "DiskSameStorageCluster"
+DISK_CROSS_ZONE: Final = "DiskCrossZone"
+DISK_OSS_DOMAIN_MISMATCH: Final = "DiskOssDomainMismatch"
+STORAGE_CLUSTER_NAME_TOO_LONG: Final = "StorageClusterNameTooLong"
+
 # Lifecycle: leases, manual reports, approvals, operator commands.
 HOST_BUSY: Final = "HostBusy"
 MANUAL_REPORT_NOT_ALLOWED: Final = "ManualReportNotAllowed"

@@ -56,6 +56,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from domain.disk import LARGE_DISK_GIB, STORAGE_CLUSTER_NAME_LIMIT_BYTES
 from domain.model import (
     Cluster,
     ClusterKind,
@@ -117,9 +118,6 @@ NON_CONVERGING_TIMEOUT_FACTOR = 3
 # Progress a non-converging migration reaches before it gives up (it keeps re-sending dirty pages).
 NON_CONVERGING_PROGRESS_CAP = 90
 
-# Disk live-migration limits (DOMAIN.md, "Disk live migration and recycle").
-LARGE_DISK_GIB = 2048
-STORAGE_CLUSTER_NAME_LIMIT_BYTES = 15  # names must be shorter than this
 
 # VM statuses whose process runs on the VM's NC.
 _PROCESS_STATUSES = frozenset({VmStatus.RUNNING, VmStatus.MIGRATING, VmStatus.STARTING, VmStatus.STOPPING})
