@@ -35,10 +35,14 @@ async def seed_dev_approvers(store: OperationStore | LifecycleStore) -> None:
     await lifecycle.set_approver_group(DEV_APPROVER_GROUP, DEV_APPROVERS, updated_by="store.seed")
 
 
-async def seed_dev_windows(store: OperationStore, cluster_ids: Sequence[str]) -> None:
-    """Gives each cluster an always-open window (every day, 24 h, UTC), so the dev stack's cold
-    migrations run at once; safe to repeat. A production database sets real windows."""
-    windows = MaintenanceWindowStore.of(store)
+async def seed_dev_windows(
+    store: OperationStore | MaintenanceWindowStore, cluster_ids: Sequence[str]
+) -> None:
+    """Gives each cluster an always-open maintenance window (every day from 00:00 UTC for 1440 minutes),
+    so the dev stack's cold migrations run at once; safe to repeat (a window with the same start is
+    replaced, others are left). For the dev stack's demo only: a production database sets real windows
+    (python -m store.maintenance set ...)."""
+    windows = MaintenanceWindowStore.of(store) if isinstance(store, OperationStore) else store
     for cluster_id in cluster_ids:
         for weekday in range(7):
             await windows.set_window(
@@ -46,11 +50,10 @@ async def seed_dev_windows(store: OperationStore, cluster_ids: Sequence[str]) ->
                     cluster_id=cluster_id,
                     weekday=weekday,
                     start=time(0),
-                    duration_minutes=1440,
+                    duration_minutes=24 * 60,
                     time_zone="UTC",
                 ),
                 note="dev stack: always open",
-                updated_by="store.seed",
             )
 
 

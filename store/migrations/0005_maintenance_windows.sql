@@ -1,8 +1,10 @@
--- Weekly maintenance windows per cluster: cold migrations (RecoverVmInTnb) run only inside one.
--- A window opens each week at start_time on weekday (0 = Monday) in time_zone's wall clock.
+-- Weekly maintenance windows per cluster (domain/maintenance.py): cold migrations (RecoverVmInTnb) run
+-- only inside one. A window opens each week on weekday (0 = Monday .. 6 = Sunday) at start_time on the
+-- wall clock of time_zone (an IANA name, checked by the application) and stays open duration_minutes.
+-- Configuration, not seeded: python -m store.maintenance set ... (store.seed has the dev stack's).
 CREATE TABLE maintenance_windows (
     id               bigserial PRIMARY KEY,
-    cluster_id       text NOT NULL,
+    cluster_id       text NOT NULL CHECK (cluster_id <> ''),
     weekday          smallint NOT NULL CHECK (weekday BETWEEN 0 AND 6),
     start_time       time NOT NULL,
     duration_minutes integer NOT NULL CHECK (duration_minutes BETWEEN 1 AND 10080),
