@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.disk import DEFAULT_DISK_POLL_SECONDS, DEFAULT_SLOT_RETRY_SECONDS, DiskActivities
 from activities.evacuation import DEFAULT_MIGRATION_POLL_SECONDS, EvacuationActivities
 from activities.lifecycle import LifecycleActivities
 from activities.maintenance import MaintenanceActivities
@@ -23,14 +24,18 @@ from activities.nc import DEFAULT_POWER_POLL_SECONDS, NcActivities
 from activities.operations import OperationActivities
 from activities.residue import ResidueActivities
 from houyi.http_client import HttpHouyiClient
-from houyi.port import HouyiPort
+from houyi.port import HouyiPort, StorageToolsPort
 from runtime import search_attributes
 from runtime.config import Settings
 from runtime.logging import configure_logging
+from runtime.schedules import RECYCLE_SCHEDULE_ID, ensure_recycle_schedule
 from runtime.temporal import connect, runtime_with_prometheus
+from store.disk import DiskStore
 from store.embedded import resolve_database_url
 from store.maintenance import MaintenanceWindowStore
 from store.repository import OperationStore
+from workflows.disk_live_migration import DiskLiveMigrationWorkflow
+from workflows.disk_recycle import DiskRecycleWorkflow
 from workflows.nc_deep_offline import NcDeepOfflineColdWorkflow, NcDeepOfflineWorkflow
 from workflows.nc_forced_reboot import NcForcedRebootWorkflow
 from workflows.nc_lock import NcLockWorkflow
@@ -49,6 +54,8 @@ WORKFLOWS: Sequence[type] = (
     WholeHostMigrationWorkflow,
     VmResidueCleanupWorkflow,
     WildVmCleanupWorkflow,
+    DiskLiveMigrationWorkflow,
+    DiskRecycleWorkflow,
 )
 
 
@@ -60,6 +67,8 @@ def activities_for(
     power_poll_seconds: float = DEFAULT_POWER_POLL_SECONDS,
     migration_poll_seconds: float = DEFAULT_MIGRATION_POLL_SECONDS,
     time_scale: float = 1.0,
+    disk_poll_seconds: float = DEFAULT_DISK_POLL_SECONDS,
+    disk_slot_retry_seconds: float = DEFAULT_SLOT_RETRY_SECONDS,
 ) -> list[Any]:
     """Every activity, bound to its injected clients.
 
@@ -72,6 +81,15 @@ def activities_for(
     evacuation = EvacuationActivities(houyi, poll_seconds=migration_poll_seconds, time_scale=time_scale)
     maintenance = MaintenanceActivities(MaintenanceWindowStore.of(store))
     residue = ResidueActivities(houyi)
+    # The HTTP adapter speaks both Houyi's API and the storage tools'; another HouyiPort must bring both.
+    assert isinstance(houyi, StorageToolsPort), "the Houyi adapter must also provide the storage tools"
+    disk = DiskActivities(
+        houyi,
+        houyi,
+        DiskStore.of(store),
+        poll_seconds=disk_poll_seconds,
+        slot_retry_seconds=disk_slot_retry_seconds,
+    )
     return [
         nc.describe_nc,
         nc.lock_nc,
@@ -105,6 +123,15 @@ def activities_for(
         maintenance.window_state,
         residue.inventory,
         residue.destroy,
+        disk.read_disk_facts,
+        disk.acquire_disk,
+        disk.release_disk,
+        disk.claim_copy_slot,
+        disk.snapshot_disk,
+        disk.start_disk_migration,
+        disk.follow_disk_migration,
+        disk.list_recycle_candidates,
+        disk.recycle_task,
     ]
 
 
@@ -119,6 +146,8 @@ def build_worker(
     power_poll_seconds: float = DEFAULT_POWER_POLL_SECONDS,
     migration_poll_seconds: float = DEFAULT_MIGRATION_POLL_SECONDS,
     time_scale: float = 1.0,
+    disk_poll_seconds: float = DEFAULT_DISK_POLL_SECONDS,
+    disk_slot_retry_seconds: float = DEFAULT_SLOT_RETRY_SECONDS,
 ) -> Worker:
     return Worker(
         client,
@@ -131,6 +160,8 @@ def build_worker(
             power_poll_seconds=power_poll_seconds,
             migration_poll_seconds=migration_poll_seconds,
             time_scale=time_scale,
+            disk_poll_seconds=disk_poll_seconds,
+            disk_slot_retry_seconds=disk_slot_retry_seconds,
         ),
         max_concurrent_activities=max_concurrent_activities,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
@@ -157,6 +188,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     except RPCError as error:
         # A namespace we may not administer (e.g. a hosted one): its operators register them.
         log.warning("cannot check search attributes", error=str(error))
+    if settings.recycle_schedule.strip().lower() != "off":
+        done = await ensure_recycle_schedule(client, settings.task_queue, settings.recycle_schedule)
+        log.info(
+            "disk recycle schedule " + done, schedule_id=RECYCLE_SCHEDULE_ID, cron=settings.recycle_schedule
+        )
     async with HttpHouyiClient(
         settings.houyi_url, recorder=store, timeout_seconds=settings.houyi_timeout_seconds
     ) as houyi:
@@ -170,6 +206,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             power_poll_seconds=settings.power_poll_seconds,
             migration_poll_seconds=settings.migration_poll_seconds,
             time_scale=settings.time_scale,
+            disk_poll_seconds=settings.disk_poll_seconds,
+            disk_slot_retry_seconds=settings.disk_slot_retry_seconds,
         )
         log.info(
             "worker started",

@@ -3,7 +3,10 @@ done: each refusal has its own error type and names what is wrong. Pure."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from domain import errors
 from domain.model import Disk, DiskCategory, DiskFormat
@@ -88,3 +91,100 @@ def disk_migration_refusals(
                 f"{STORAGE_CLUSTER_NAME_LIMIT_BYTES}",
             )
     return refusals
+
+
+def refusal_summary(refusals: list[Refusal]) -> Refusal:
+    """One refusal standing for all: the first one's type, every message."""
+    return Refusal(error_type=refusals[0].error_type, message="; ".join(r.message for r in refusals))
+
+
+# ---- disk live migration: what it did --------------------------------------------------------------
+
+
+class DiskMigrationPhase(StrEnum):
+    PLANNED = "planned"
+    WAITING_FOR_SLOT = "waiting for a slot"
+    SNAPSHOTTED = "snapshotted"
+    COPYING = "copying"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class DiskMigrationReport(BaseModel):
+    disk_id: str
+    size_gib: int
+    src_storage_cluster: str
+    dst_storage_cluster: str
+    phase: DiskMigrationPhase = DiskMigrationPhase.PLANNED
+    snapshot_id: str | None = None
+    task_id: str | None = None
+    progress_pct: int = Field(default=0, ge=0, le=100)
+    cancel_refused: bool = Field(
+        default=False, description="a cancel arrived after the copy started: refused, the copy went on"
+    )
+
+    def line(self) -> str:
+        parts = [
+            f"disk {self.disk_id} ({self.size_gib} GiB) {self.src_storage_cluster} -> {self.dst_storage_cluster}:",
+            self.phase.value,
+        ]
+        if self.phase is DiskMigrationPhase.COPYING:
+            parts.append(f"{self.progress_pct}%")
+        if self.snapshot_id:
+            parts.append(f"snapshot {self.snapshot_id}")
+        if self.task_id:
+            parts.append(f"task {self.task_id}")
+        if self.cancel_refused:
+            parts.append("(cancel refused: no rollback once the copy runs)")
+        return " ".join(parts)
+
+
+# ---- source recycle ----------------------------------------------------------------------------------
+
+
+class RecycleOutcome(StrEnum):
+    RECYCLED = "recycled"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    WOULD_RECYCLE = "would recycle"  # dry run
+
+
+class RecycleCandidate(BaseModel):
+    """A finished migration task whose source may be recycled (DOMAIN.md recycle steps 1 and 2)."""
+
+    task_id: str
+    disk_id: str
+    src_pangu_path: str
+    dst_pangu_path: str
+    finished_at: datetime
+
+
+class RecycleTaskReport(BaseModel):
+    task_id: str
+    disk_id: str = ""
+    outcome: RecycleOutcome
+    reason: str = ""
+    not_loaded: int | None = Field(default=None, description="the destination's not-loaded count seen")
+
+
+class RecycleReport(BaseModel):
+    dry_run: bool
+    finished_before: datetime
+    tasks: list[RecycleTaskReport] = Field(default_factory=list)
+
+    def count(self, outcome: RecycleOutcome) -> int:
+        return sum(1 for task in self.tasks if task.outcome is outcome)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{self.count(o)} {o.value}" for o in RecycleOutcome if self.count(o))
+        return (
+            f"{len(self.tasks)} finished task(s) older than {self.finished_before:%Y-%m-%d %H:%M} UTC: "
+            + (counts or "nothing to do")
+        )
+
+    def markdown(self) -> str:
+        lines = [f"## Disk source recycle{' (dry run)' if self.dry_run else ''}", "", self.summary(), ""]
+        if self.tasks:
+            lines += ["| task | disk | outcome | reason |", "|---|---|---|---|"]
+            lines += [f"| {t.task_id} | {t.disk_id} | {t.outcome.value} | {t.reason} |" for t in self.tasks]
+        return "\n".join(lines)

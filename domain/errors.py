@@ -45,6 +45,15 @@ DISK_SAME_CLUSTER: Final = "DiskSameStorageCluster"
 DISK_CROSS_ZONE: Final = "DiskCrossZone"
 DISK_OSS_DOMAIN_MISMATCH: Final = "DiskOssDomainMismatch"
 STORAGE_CLUSTER_NAME_TOO_LONG: Final = "StorageClusterNameTooLong"
+DISK_NOT_FOUND: Final = "DiskNotFound"
+STORAGE_CLUSTER_NOT_FOUND: Final = "StorageClusterNotFound"
+# Another operation holds the disk (a migration of it is already under way).
+DISK_BUSY: Final = "DiskBusy"
+# A cancel that cannot be honoured (a disk copy has no rollback): recorded, the operation goes on.
+CANCEL_REFUSED: Final = "CancelRefused"
+DISK_MIGRATION_FAILED: Final = "DiskMigrationFailed"
+# The storage side refused to delete a source whose destination is not whole (checked with the delete).
+DESTINATION_NOT_LOADED: Final = "DestinationNotLoaded"
 
 # Lifecycle: leases, manual reports, approvals, operator commands.
 HOST_BUSY: Final = "HostBusy"

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from domain import errors
+from domain.disk import DiskMigrationReport
 from domain.evacuation import VmMove
-from domain.model import NcBizStatus, NcIp
+from domain.model import DiskFormat, NcBizStatus, NcIp
 from domain.opscodes import OpsCode
 from domain.residue import ProcessPlan
 from domain.settings import (
@@ -157,6 +158,17 @@ class WildVmCleanupInput(OperationInput):
         return self
 
 
+class DiskLiveMigrationInput(OperationInput):
+    """Input of ``DiskLiveMigration``: a cloud disk and the storage cluster it moves to."""
+
+    disk_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    dst_storage_cluster: str = Field(min_length=1, max_length=128)
+    reason_category: ReasonCategory = ReasonCategory.SYSTEM
+    # A migration never changes the disk: given, they must equal what the disk is (else refused).
+    format: DiskFormat | None = None
+    size_gib: int | None = Field(default=None, ge=1)
+
+
 class HostOutcomeKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -193,6 +205,7 @@ class OperationResult(BaseModel):
     processes: list[ProcessPlan] = Field(
         default_factory=list, description="per-process record of a residue cleanup"
     )
+    disk: DiskMigrationReport | None = Field(default=None, description="what a disk live migration did")
 
     @field_validator("vms", "processes", mode="before")
     @classmethod

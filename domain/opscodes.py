@@ -39,6 +39,7 @@ class OpsCode(StrEnum):
     NC_OFFLINE_REPAIR = "0x8000000000001"
     # Console operations the product runs without an opscode number: known by their name.
     WHOLE_HOST_MIGRATION = "WholeHostMigration"
+    DISK_LIVE_MIGRATION = "DiskLiveMigration"
 
     @property
     def numbered(self) -> bool:
@@ -221,6 +222,14 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
             settings_model=WholeHostMigrationSettings,
             implemented=True,
             takes_host_out_of_service=True,
+        ),
+        _spec(
+            OpsCode.DISK_LIVE_MIGRATION,
+            "DiskLiveMigration",
+            "disk live migration",
+            "Moves a river cloud disk to another storage cluster of its zone, online, after a snapshot; "
+            "no rollback once the copy starts.",
+            implemented=True,
         ),
     )
 }

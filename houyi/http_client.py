@@ -34,6 +34,7 @@ from houyi.port import (
     NcStatusChange,
     PowerStatus,
     RiReservation,
+    StorageClusterInfo,
     StorageToolsPort,
     VmProcess,
     VmStatusChange,
@@ -205,6 +206,11 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
     async def describe_disk(self, ctx: CallContext, *, disk_id: str) -> Disk:
         return await self._call_model(ctx, wire.Action.DESCRIBE_DISK, {"disk_id": disk_id}, Disk, "disk")
 
+    async def describe_storage_cluster(self, ctx: CallContext, *, name: str) -> StorageClusterInfo:
+        return await self._call_model(
+            ctx, wire.Action.DESCRIBE_STORAGE_CLUSTER, {"name": name}, StorageClusterInfo, "storage_cluster"
+        )
+
     async def get_disk_migration_progress(self, ctx: CallContext, *, task_id: str) -> DiskMigrationProgress:
         return await self._call_model(
             ctx, wire.Action.GET_DISK_MIGRATION_PROGRESS, {"task_id": task_id}, DiskMigrationProgress
@@ -368,15 +374,16 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         *,
         task_id: str,
         status: int = 2,
-        src_recycled: int = 0,
+        src_recycled: int | None = 0,
         finished_before: datetime,
     ) -> list[MigrationLogEntry]:
-        params = {
+        params: dict[str, object] = {
             "task_id": task_id,
             "status": status,
-            "src_recycled": src_recycled,
             "finished_before": finished_before.isoformat(),
         }
+        if src_recycled is not None:
+            params["src_recycled"] = src_recycled
         return await self._call_list(
             ctx, wire.Action.QUERY_MIGRATION_LOG, params, MigrationLogEntry, "entries"
         )
@@ -388,8 +395,15 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         except (KeyError, TypeError, ValueError) as error:
             raise HouyiProtocolError(wire.Action.BSUTIL_RLM.value, 200, f"unexpected data: {error}") from None
 
-    async def bsutil_delete_image(self, ctx: CallContext, *, dir: str) -> Ack:
-        return await self._call_model(ctx, wire.Action.BSUTIL_DELETE_IMAGE, {"dir": dir}, Ack)
+    async def bsutil_delete_image(
+        self, ctx: CallContext, *, dir: str, unless_not_loaded: str | None = None
+    ) -> Ack:
+        params = (
+            {"dir": dir}
+            if unless_not_loaded is None
+            else {"dir": dir, "unless_not_loaded": unless_not_loaded}
+        )
+        return await self._call_model(ctx, wire.Action.BSUTIL_DELETE_IMAGE, params, Ack)
 
     async def river_admin_migrate_recycle(self, ctx: CallContext, *, task_id: str) -> Ack:
         return await self._call_model(ctx, wire.Action.RIVER_ADMIN_MIGRATE_RECYCLE, {"task_id": task_id}, Ack)

@@ -121,6 +121,12 @@ class VmProcess(BaseModel):
     guest_active: bool = Field(description="the guest did work in the last sampling interval")
 
 
+class StorageClusterInfo(BaseModel):
+    name: str
+    zone_id: str
+    oss_domain: str
+
+
 class DiskSnapshot(BaseModel):
     disk_id: str
     snapshot_id: str
@@ -194,6 +200,9 @@ class HouyiPort(abc.ABC):
 
     @abc.abstractmethod
     async def describe_disk(self, ctx: CallContext, *, disk_id: str) -> Disk: ...
+
+    @abc.abstractmethod
+    async def describe_storage_cluster(self, ctx: CallContext, *, name: str) -> StorageClusterInfo: ...
 
     @abc.abstractmethod
     async def get_disk_migration_progress(
@@ -311,15 +320,21 @@ class StorageToolsPort(abc.ABC):
         *,
         task_id: str,
         status: int = 2,
-        src_recycled: int = 0,
+        src_recycled: int | None = 0,
         finished_before: datetime,
-    ) -> list[MigrationLogEntry]: ...
+    ) -> list[MigrationLogEntry]:
+        """The task's migration_log rows so filtered (``src_recycled`` None: either)."""
 
     @abc.abstractmethod
     async def bsutil_rlm_not_loaded_count(self, ctx: CallContext, *, dir: str) -> int: ...
 
     @abc.abstractmethod
-    async def bsutil_delete_image(self, ctx: CallContext, *, dir: str) -> Ack: ...
+    async def bsutil_delete_image(
+        self, ctx: CallContext, *, dir: str, unless_not_loaded: str | None = None
+    ) -> Ack:
+        """Deletes the image under ``dir``. With ``unless_not_loaded`` (a destination directory) the storage
+        side re-counts that directory's not-loaded entries under the same lock as the delete and refuses
+        (``HouyiConflict``) when any is there: a check and a delete that nothing can slip between."""
 
     @abc.abstractmethod
     async def river_admin_migrate_recycle(self, ctx: CallContext, *, task_id: str) -> Ack: ...

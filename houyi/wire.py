@@ -59,6 +59,7 @@ class Action(StrEnum):
     GET_LIVE_MIGRATION_PROGRESS = "get_live_migration_progress"
     LIST_VM_PROCESSES = "list_vm_processes"
     DESCRIBE_DISK = "describe_disk"
+    DESCRIBE_STORAGE_CLUSTER = "describe_storage_cluster"
     GET_DISK_MIGRATION_PROGRESS = "get_disk_migration_progress"
 
     LOCK_NC = "lock_nc"
@@ -103,6 +104,7 @@ _READS = frozenset(
         Action.GET_LIVE_MIGRATION_PROGRESS,
         Action.LIST_VM_PROCESSES,
         Action.DESCRIBE_DISK,
+        Action.DESCRIBE_STORAGE_CLUSTER,
         Action.GET_DISK_MIGRATION_PROGRESS,
         Action.QUERY_DEVICE_MIGRATE_LOG,
         Action.QUERY_MIGRATION_LOG,

@@ -40,6 +40,10 @@ class Settings(BaseModel):
     power_poll_seconds: float = Field(default=60.0, gt=0)
     migration_poll_seconds: float = Field(default=5.0, gt=0)
     time_scale: float = Field(default=1.0, gt=0, le=1.0)
+    disk_poll_seconds: float = Field(default=5.0, gt=0)
+    disk_slot_retry_seconds: float = Field(default=30.0, gt=0)
+    # Cron of the disk recycle Schedule, in UTC; "off": the worker leaves the Schedule alone.
+    recycle_schedule: str = "0 3 * * *"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,4 +63,7 @@ class Settings(BaseModel):
             migration_poll_seconds=float(_env("OPSFLOW_MIGRATION_POLL_SECONDS", "5")),
             # Against the simulator at speed N, 1/N: the real waits that model Houyi's shrink with it.
             time_scale=float(_env("OPSFLOW_TIME_SCALE", "1")),
+            disk_poll_seconds=float(_env("OPSFLOW_DISK_POLL_SECONDS", "5")),
+            disk_slot_retry_seconds=float(_env("OPSFLOW_DISK_SLOT_RETRY_SECONDS", "30")),
+            recycle_schedule=_env("OPSFLOW_RECYCLE_SCHEDULE", "0 3 * * *"),
         )

@@ -190,6 +190,9 @@ HANDLERS: dict[Action, Handler] = {
     Action.DESCRIBE_DISK: lambda fleet, call: {
         "disk": _dump(fleet.describe_disk(call.params.text("disk_id")))
     },
+    Action.DESCRIBE_STORAGE_CLUSTER: lambda fleet, call: {
+        "storage_cluster": _dump(fleet.describe_storage_cluster(call.params.text("name")))
+    },
     Action.GET_DISK_MIGRATION_PROGRESS: lambda fleet, call: _dump(
         fleet.get_disk_migration_progress(call.params.text("task_id"))
     ),
@@ -249,7 +252,11 @@ HANDLERS: dict[Action, Handler] = {
     },
     Action.QUERY_MIGRATION_LOG: _query_migration_log,
     Action.BSUTIL_RLM: lambda fleet, call: {"not_loaded": fleet.bsutil_rlm(call.params.text("dir"))},
-    Action.BSUTIL_DELETE_IMAGE: lambda fleet, call: _dump(fleet.bsutil_delete_image(call.params.text("dir"))),
+    Action.BSUTIL_DELETE_IMAGE: lambda fleet, call: _dump(
+        fleet.bsutil_delete_image(
+            call.params.text("dir"), unless_not_loaded=call.params.optional_text("unless_not_loaded")
+        )
+    ),
     Action.RIVER_ADMIN_MIGRATE_RECYCLE: lambda fleet, call: _dump(
         fleet.river_admin_migrate_recycle(call.params.text("task_id"))
     ),

@@ -6,7 +6,7 @@ answer remembered for the token? (replay, or wait for the first call still in pr
 → act on the fleet.
 
 Admin (JSON): ``GET /admin/ncs``, ``GET|PATCH /admin/ncs/{nc_ip or nc_id}``, ``GET|PATCH /admin/vms/{vm_id}``,
-``GET /admin/disks/{disk_id}``, ``POST /admin/residues``, ``GET|POST|DELETE /admin/faults``,
+``GET /admin/disks/{disk_id}``, ``GET /admin/disk-migrations``, ``POST /admin/not-loaded``, ``POST /admin/residues``, ``GET|POST|DELETE /admin/faults``,
 ``POST /admin/reset``, ``GET /admin/counters``, ``GET /admin/events``, ``GET /admin/calls``, ``GET /healthz``.
 """
 
@@ -238,6 +238,14 @@ class VmPatch(BaseModel):
     nc_id: NcId | None = None
 
 
+class NotLoadedChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dir: str
+    count: int = Field(ge=0)
+    after_next_check: bool = False
+
+
 class ResiduePlant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -319,6 +327,19 @@ async def _admin_disk(request: web.Request) -> web.Response:
     return web.json_response(_state(request).fleet.admin_disk(request.match_info["disk_id"]))
 
 
+async def _admin_disk_migrations(request: web.Request) -> web.Response:
+    return web.json_response(_state(request).fleet.admin_disk_migrations())
+
+
+async def _admin_set_not_loaded(request: web.Request) -> web.Response:
+    change = NotLoadedChange.model_validate(await _json_body(request))
+    fleet = _state(request).fleet
+    fleet.set_not_loaded(change.dir, change.count, after_next_check=change.after_next_check)
+    return web.json_response(
+        {"dir": change.dir, "count": change.count, "after_next_check": change.after_next_check}
+    )
+
+
 async def _admin_plant_residue(request: web.Request) -> web.Response:
     plant = ResiduePlant.model_validate(await _json_body(request))
     fleet = _state(request).fleet
@@ -391,6 +412,8 @@ def build_app(state: SimulatorState) -> web.Application:
     app.router.add_patch("/admin/vms/{vm_id}", _admin_patch_vm)
     app.router.add_get("/admin/disks/{disk_id}", _admin_disk)
     app.router.add_post("/admin/residues", _admin_plant_residue)
+    app.router.add_get("/admin/disk-migrations", _admin_disk_migrations)
+    app.router.add_post("/admin/not-loaded", _admin_set_not_loaded)
     app.router.add_post("/admin/faults", _admin_add_faults)
     app.router.add_get("/admin/faults", _admin_list_faults)
     app.router.add_delete("/admin/faults", _admin_clear_faults)

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.temporal",
     "tests.fixtures.stack",
     "tests.fixtures.evacuation",
+    "tests.fixtures.disks",
 ]

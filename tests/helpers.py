@@ -56,6 +56,21 @@ class SimulatorAdmin:
         result: dict[str, Any] = await self._request("PATCH", f"/admin/vms/{vm_id}", fields)
         return result
 
+    async def disk(self, disk_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", f"/admin/disks/{disk_id}")
+        return result
+
+    async def disk_migrations(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._request("GET", "/admin/disk-migrations")
+        return result
+
+    async def set_not_loaded(self, directory: str, count: int, *, after_next_check: bool = False) -> Any:
+        return await self._request(
+            "POST",
+            "/admin/not-loaded",
+            {"dir": directory, "count": count, "after_next_check": after_next_check},
+        )
+
     async def free_ncs(self, cluster_id: str, count: int) -> list[dict[str, Any]]:
         """``count`` free hosts of the cluster, in fleet order."""
         found = [

@@ -32,6 +32,7 @@ WORKFLOW_OPSCODES = {
     "NcDeepOffline": "0x400003",
     "NcDeepOfflineCold": "0x40003000001001",
     "WholeHostMigration": "WholeHostMigration",
+    "DiskLiveMigration": "DiskLiveMigration",
     "VmResidueCleanup": "0x10001000008002",
     "WildVmCleanup": "0x3000000000802",
 }
@@ -57,6 +58,8 @@ async def running_worker(
             power_poll_seconds=0.05,
             migration_poll_seconds=0.02,
             time_scale=1 / simulator_speed,
+            disk_poll_seconds=0.05,
+            disk_slot_retry_seconds=0.3,
         )
         async with worker:
             yield worker

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.nc import DescribeNcInput, NcActivities
     from activities.operations import OperationActivities, OperationStateChange
     from domain import errors
+    from domain.disk import DiskMigrationReport
     from domain.evacuation import VmMove
     from domain.model import NcDetail
     from domain.operations import (
@@ -128,6 +129,7 @@ class OperationStatus(BaseModel):
     progress: str = ""
     vms: list[VmMove] = Field(default_factory=list)
     processes: list[ProcessPlan] = Field(default_factory=list)
+    disk: DiskMigrationReport | None = None
     error: str | None = None
 
     def markdown(self) -> str:
@@ -145,6 +147,8 @@ class OperationStatus(BaseModel):
                 for h in self.hosts
             ]
             lines.append("")
+        if self.disk is not None:
+            lines += [f"**{self.disk.line()}**", ""]
         lines += [f"- {line}" for line in self.plan]
         if self.state is OpsState.PENDING_APPROVAL:
             lines += [
@@ -935,6 +939,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             finished_at=workflow.now(),
             vms=self.status.vms,
             processes=self.status.processes,
+            disk=self.status.disk,
         )
         await workflow.execute_activity_method(
             OperationActivities.set_operation_state,
