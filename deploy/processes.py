@@ -424,6 +424,8 @@ def worker_env(
             {
                 "OPSFLOW_TIME_SCALE": f"{1 / simulator_speed:g}",
                 "OPSFLOW_MIGRATION_POLL_SECONDS": f"{min(5.0, max(50 / simulator_speed, 0.05)):g}",
+                "OPSFLOW_DISK_POLL_SECONDS": f"{min(5.0, max(50 / simulator_speed, 0.05)):g}",
+                "OPSFLOW_DISK_SLOT_RETRY_SECONDS": f"{min(30.0, max(300 / simulator_speed, 0.5)):g}",
             }
             if simulator_speed
             else {}
