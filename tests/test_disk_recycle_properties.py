@@ -78,7 +78,7 @@ async def test_recycle_never_deletes_a_source_whose_destination_is_not_whole(
                     running.fleet.set_not_loaded(
                         candidate.dst_pangu_path, changes[index], after_next_check=True
                     )
-            outcomes = {}
+            outcomes: dict[str, list[RecycleOutcome]] = {}
             for index, candidate in enumerate(candidates):
                 for _ in range(retries[index]):
                     report = await env.run(
