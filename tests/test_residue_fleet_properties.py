@@ -69,7 +69,7 @@ async def test_cleanup_never_destroys_what_the_control_plane_places_on_the_host(
             fleet.plant_residue(
                 SOURCE_NC_ID,
                 vm_id,
-                state=kind["state"],
+                state=ProcessState(str(kind["state"])),
                 guest_active=bool(kind["guest_active"]),
             )
         async with HttpHouyiClient(running.url, recorder=store) as houyi:
