@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import from_houyi, store_unavailable
-from activities.heartbeat import heartbeating
+from activities.heartbeat import heartbeating, heartbeats
 from domain import errors
 from domain.disk import RecycleCandidate, RecycleOutcome, RecycleTaskReport, StorageCluster
 from domain.model import Disk
@@ -265,6 +265,10 @@ class DiskActivities:
 
     @activity.defn(name="RecycleDiskSource")
     async def recycle_task(self, request: RecycleTaskInput) -> RecycleTaskReport:
+        async with heartbeats():
+            return await self._recycle_task(request)
+
+    async def _recycle_task(self, request: RecycleTaskInput) -> RecycleTaskReport:
         """DOMAIN.md recycle steps 3-4 for one task. Tokens are the task's own (``DiskRecycle/<task>/...``),
         not the run's: any run, of any day, that comes back to the task replays the same delete and recycle
         instead of acting again."""
@@ -295,12 +299,23 @@ class DiskActivities:
                 return await self._settle(
                     request, report(RecycleOutcome.SKIPPED, "no finished migration_log row")
                 )
+            token = CallContext(caller="DiskRecycle")
             if rows[0].src_recycled:
                 mine = await self._store.recycle_record(candidate.task_id)
                 if mine is not None and mine.outcome == RecycleOutcome.RECYCLED.value:
-                    return report(RecycleOutcome.RECYCLED, f"recycled by {mine.workflow_id}")
+                    return report(RecycleOutcome.RECYCLED, f"recycled by {mine.workflow_id}", 0)
+                try:
+                    # Ours if our token's answer replays: an attempt that died after the recycle.
+                    await self._tools.river_admin_migrate_recycle(
+                        token.step(f"{candidate.task_id}/recycle"), task_id=candidate.task_id
+                    )
+                except HouyiWrongState:
+                    return await self._settle(
+                        request, report(RecycleOutcome.SKIPPED, "already recycled by someone else")
+                    )
                 return await self._settle(
-                    request, report(RecycleOutcome.SKIPPED, "already recycled by someone else")
+                    request,
+                    report(RecycleOutcome.RECYCLED, "source deleted, task recycled (answer replayed)", 0),
                 )
             not_loaded = await self._tools.bsutil_rlm_not_loaded_count(ctx, dir=candidate.dst_pangu_path)
             if not_loaded:
@@ -314,7 +329,6 @@ class DiskActivities:
                 )
             if request.dry_run:
                 return report(RecycleOutcome.WOULD_RECYCLE, "destination whole (0 not-loaded entries)", 0)
-            token = CallContext(caller="DiskRecycle")
             try:
                 await self._tools.bsutil_delete_image(
                     token.step(f"{candidate.task_id}/delete-source"),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from temporalio import activity
@@ -25,3 +26,21 @@ async def heartbeating(call: Awaitable[T], interval: float = HEARTBEAT_INTERVAL_
     finally:
         if not task.done():
             task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def heartbeats(interval: float = HEARTBEAT_INTERVAL_SECONDS) -> AsyncIterator[None]:
+    """Heartbeats every ``interval`` seconds while the block runs (several calls in a row)."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            activity.heartbeat()
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating

@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pydantic import BaseModel
 
 from deploy import processes
 from deploy.processes import ManagedProcess, ProcessNotReady
+from domain.disk import LARGE_DISK_GIB
 from domain.evacuation import plan_evacuation
-from domain.model import NcBizStatus
+from domain.model import DiskCategory, NcBizStatus
 from runtime.config import DEFAULT_TASK_QUEUE
 from runtime.logging import configure_logging
 from simulator.fleet import DEMO_FLEET_PATH, Fleet
@@ -356,6 +358,14 @@ class DevStack:
         for command in deep_offline_example(config, evacuate):
             say(f"  {command}")
         say()
+        demo = demo_disks()
+        say(f"Move river disk {demo.river} to {demo.destination} live (DiskLiveMigration), snapshot first:")
+        for command in disk_migration_example(config, demo):
+            say(f"  {command}")
+        say("Disk source recycle runs daily (Schedule disk-recycle); run it now, or dry-run it by hand:")
+        for command in disk_recycle_example(config):
+            say(f"  {command}")
+        say()
         say(f"{READY_LINE}; Ctrl-C stops it.")
 
     async def _free_nc_ips(self, count: int) -> list[str]:
@@ -376,6 +386,74 @@ class DevStack:
             if isinstance(nc, dict) and nc.get("biz_status") == "free" and isinstance(nc.get("nc_ip"), str)
         ]
         return free[:count]
+
+
+class DemoDisks(BaseModel):
+    """Disks of the demo fleet for the disk live-migration examples: one that moves, one per refusal."""
+
+    river: str
+    destination: str
+    local: str
+    shared: str
+    cross_zone: str
+    long_name: str
+
+
+def demo_disks(fleet_path: Path = DEMO_FLEET_PATH) -> DemoDisks:
+    fleet = Fleet.load(fleet_path)
+    source, destination = "river-qd-a1", "river-qd-a2"
+    on_source = sorted(
+        (d for d in fleet.disks.values() if d.storage_cluster == source), key=lambda d: d.disk_id
+    )
+    river = next(
+        d
+        for d in on_source
+        if d.category is DiskCategory.RIVER and not d.shared and d.size_gib <= LARGE_DISK_GIB
+    )
+    local = min(d.disk_id for d in fleet.disks.values() if d.category is not DiskCategory.RIVER)
+    shared = next(d.disk_id for d in on_source if d.shared)
+    return DemoDisks(
+        river=river.disk_id,
+        destination=destination,
+        local=local,
+        shared=shared,
+        cross_zone="river-qd-b1",
+        long_name="river-qd-a-archive",
+    )
+
+
+DISK_MIGRATION_EXAMPLE_INPUT: dict[str, Any] = {
+    "requester": "alice",
+    "reason": "river-qd-a1 is 85 % full: rebalance",
+    "ticket": "CHG-1004",
+}
+
+
+def disk_migration_example(config: DevStackConfig, demo: DemoDisks) -> list[str]:
+    temporal = "temporal" if shutil.which("temporal") else _shown(Path(processes.find_binary("temporal")))
+    address = "" if config.temporal_port == 7233 else f" --address {config.temporal_address}"
+    workflow_id = f"DiskLiveMigration-{demo.river}"
+    payload = json.dumps(
+        {"disk_id": demo.river, "dst_storage_cluster": demo.destination, **DISK_MIGRATION_EXAMPLE_INPUT}
+    )
+    approve = json.dumps({"approver": "approver1", "comment": "rebalance approved"})
+    return [
+        f"{temporal} workflow start{address} --type DiskLiveMigration --task-queue {config.task_queue} "
+        f"--workflow-id {workflow_id} --input {shlex.quote(payload)}",
+        f"{temporal} workflow signal{address} --workflow-id {workflow_id} --name approve --input {shlex.quote(approve)}",
+        f"{temporal} workflow result{address} --workflow-id {workflow_id}",
+    ]
+
+
+def disk_recycle_example(config: DevStackConfig) -> list[str]:
+    temporal = "temporal" if shutil.which("temporal") else _shown(Path(processes.find_binary("temporal")))
+    address = "" if config.temporal_port == 7233 else f" --address {config.temporal_address}"
+    return [
+        f"{temporal} schedule describe{address} --schedule-id disk-recycle",
+        f"{temporal} schedule trigger{address} --schedule-id disk-recycle",
+        f"{temporal} workflow execute{address} --type DiskRecycle --task-queue {config.task_queue} "
+        f"--workflow-id disk-recycle-dry-run --input {shlex.quote(json.dumps({'dry_run': True}))}",
+    ]
 
 
 def nc_lock_example(config: DevStackConfig, nc_ip: str) -> list[str]:
