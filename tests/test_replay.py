@@ -40,6 +40,9 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "whole_host_migration_relaunched",
         "vm_residue_cleanup_destroyed",
         "wild_vm_cleanup_swept",
+        "disk_live_migration_succeeded",
+        "disk_live_migration_refused_shared",
+        "disk_recycle_recycled_and_skipped",
         # Recorded before workflow.patched("void-unexecuted-admissions"): they must still replay.
         "nc_forced_reboot_rejected_before_void_patch",
         "nc_forced_reboot_abandoned_before_void_patch",

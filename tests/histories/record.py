@@ -27,6 +27,7 @@ from domain.maintenance import MaintenanceWindow
 from domain.operations import OpsState
 from houyi.http_client import HttpHouyiClient
 from runtime import search_attributes
+from simulator.disk_fleet import DESTINATION, SHARED_DISK, RecycleTaskSpec, build_disk_fleet, river_disk
 from simulator.evacuation_fleet import CLUSTER, SOURCE_IP, SOURCE_NC_ID, build_evacuation_fleet
 from simulator.server import start_simulator
 from store.db import url_with_database
@@ -253,7 +254,59 @@ async def main_evacuations(only: list[str]) -> None:
         await env.shutdown()
 
 
+async def main_disks(only: list[str]) -> None:
+    """Disk live migration and disk recycle (issue 5), on ``simulator.disk_fleet``."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=installed_binary("temporal-test-server"),
+    )
+    await search_attributes.register(env.client)
+    server_url = start_embedded_postgres(TEST_DATA_DIR)
+    database = f"record_{uuid.uuid4().hex}"
+    store = await OperationStore.connect(server_url)
+    await store.pool.execute(f'CREATE DATABASE "{database}"')
+    await store.close()
+    store = await OperationStore.connect(url_with_database(server_url, database))
+    await seed_dev_approvers(store)
+    task_queue = f"record-{uuid.uuid4()}"
+    approve = (OpsState.PENDING_APPROVAL, "approve", ApprovalInput(approver="approver1", comment="ok"))
+    path = Path(tempfile.mkdtemp()) / "disks.json"
+    tasks = [RecycleTaskSpec(finished_hours_ago=48), RecycleTaskSpec(finished_hours_ago=48, dst_not_loaded=2)]
+    path.write_text(json.dumps(build_disk_fleet(recycle_tasks=tasks)))
+    simulator = await start_simulator(path, speed=1000)
+    migrate = {
+        "disk_id": river_disk(1),
+        "dst_storage_cluster": DESTINATION,
+        "requester": "alice",
+        "reason": "rebalance",
+    }
+    try:
+        async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
+            async with build_worker(
+                env.client, task_queue, houyi=houyi, store=store, disk_poll_seconds=0.02, disk_slot_retry_seconds=0.1
+            ):  # fmt: skip
+                for name, workflow_type, raw, signals in (
+                    ("disk_live_migration_succeeded", "DiskLiveMigration", migrate, [approve]),
+                    ("disk_live_migration_refused_shared", "DiskLiveMigration",
+                     {**migrate, "disk_id": SHARED_DISK}, []),
+                    ("disk_recycle_recycled_and_skipped", "DiskRecycle", {}, []),
+                ):  # fmt: skip
+                    if not only or name in only:
+                        await record(
+                            env.client, task_queue, name, raw, workflow_type=workflow_type, signals=signals
+                        )
+    finally:
+        await simulator.stop()
+        await store.close()
+        await env.shutdown()
+
+
 if __name__ == "__main__":
-    # ``evacuations``: only the evacuation workflows' histories (added with issue 4).
     # ``evacuations [NAME ...]``: the evacuation workflows' histories (issue 4 on), or only those named.
-    asyncio.run(main_evacuations(sys.argv[2:]) if sys.argv[1:2] == ["evacuations"] else main())
+    # ``disks [NAME ...]``: disk live migration and recycle (issue 5).
+    if sys.argv[1:2] == ["evacuations"]:
+        asyncio.run(main_evacuations(sys.argv[2:]))
+    elif sys.argv[1:2] == ["disks"]:
+        asyncio.run(main_disks(sys.argv[2:]))
+    else:
+        asyncio.run(main())
