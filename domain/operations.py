@@ -207,7 +207,7 @@ class OperationResult(BaseModel):
     )
     disk: DiskMigrationReport | None = Field(default=None, description="what a disk live migration did")
 
-    @field_validator("vms", "processes", mode="before")
+    @field_validator("hosts", "vms", "processes", mode="before")
     @classmethod
     def _null_is_empty(cls, value: Any) -> Any:
         # The temporal CLI prints an empty list as null (``-o json``).

@@ -6,6 +6,8 @@ overlap policy skip: a run still going when the next is due makes that one be sk
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.client import (
     Client,
     Schedule,
@@ -36,7 +38,8 @@ def recycle_schedule(task_queue: str, cron: str) -> Schedule:
             typed_search_attributes=TypedSearchAttributes([SearchAttributePair(sa.OPS_CODE, "DiskRecycle")]),
         ),
         spec=ScheduleSpec(cron_expressions=[cron]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        # A worker down over the run's hour catches it up once when back, within a day; not a year's worth.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(days=1)),
         state=ScheduleState(note="disk source recycle (ecs-opsflow worker)"),
     )
 
