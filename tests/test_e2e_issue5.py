@@ -29,7 +29,7 @@ from domain import errors
 from domain.disk import RecycleOutcome, RecycleReport
 from domain.operations import OperationResult, OpsState
 from domain.residue import ProcessOutcome, Verdict
-from runtime.schedules import RECYCLE_SCHEDULE_ID
+from runtime.schedules import RECYCLE_SCHEDULE_ID, ensure_recycle_schedule
 from simulator.server import RunningSimulator
 from tests.fixtures.stack import Stack
 from tests.helpers import SimulatorAdmin, eventually
@@ -189,6 +189,9 @@ async def test_the_worker_creates_the_recycle_schedule_and_its_run_recycles_exac
         getattr(action, "workflow", None) == "DiskRecycle"
         and getattr(action, "task_queue", None) == stack.task_queue
     )
+    assert described.schedule.policy.catchup_window == timedelta(days=1)
+    # Idempotent: a second start (another worker, a restart) brings the same schedule in line.
+    assert await ensure_recycle_schedule(client, stack.task_queue, "0 3 * * *") == "updated"
     recyclable, not_loaded = eligible_demo_tasks(simulator)
     assert recyclable and not_loaded
     runs_before = len(described.info.recent_actions)
