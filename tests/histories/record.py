@@ -269,7 +269,11 @@ async def main_disks(only: list[str]) -> None:
     store = await OperationStore.connect(url_with_database(server_url, database))
     await seed_dev_approvers(store)
     task_queue = f"record-{uuid.uuid4()}"
-    approve = (OpsState.PENDING_APPROVAL, "approve", ApprovalInput(approver="approver1", comment="ok"))
+    approve: tuple[OpsState, str, BaseModel] = (
+        OpsState.PENDING_APPROVAL,
+        "approve",
+        ApprovalInput(approver="approver1", comment="ok"),
+    )
     path = Path(tempfile.mkdtemp()) / "disks.json"
     tasks = [RecycleTaskSpec(finished_hours_ago=48), RecycleTaskSpec(finished_hours_ago=48, dst_not_loaded=2)]
     path.write_text(json.dumps(build_disk_fleet(recycle_tasks=tasks)))
