@@ -74,7 +74,7 @@ def test_the_catalog_holds_every_opscode_of_the_domain_reference() -> None:
         "0x40001000008001", "0x4000A000000008", "0x4000A000000007", "0x30003000001001",
         "0x99001000000001", "0x30000000000408", "0x8000000000001",
     }  # fmt: skip
-    assert {c.value for c in CATALOG if not c.numbered} == {"WholeHostMigration"}
+    assert {c.value for c in CATALOG if not c.numbered} == {"WholeHostMigration", "DiskLiveMigration"}
     assert all(spec.code is code for code, spec in CATALOG.items())
 
 
@@ -93,11 +93,13 @@ def test_the_catalog_marks_what_has_a_workflow_as_implemented() -> None:
         OpsCode.VM_RESIDUE_CLEANUP,
         OpsCode.WILD_VM_CLEANUP,
         OpsCode.WHOLE_HOST_MIGRATION,
+        OpsCode.DISK_LIVE_MIGRATION,
     ]
 
 
 def test_an_operation_without_an_opscode_number_is_known_by_its_name() -> None:
     assert OpsCode.parse("wholehostmigration") is OpsCode.WHOLE_HOST_MIGRATION
+    assert OpsCode.parse("DiskLiveMigration") is OpsCode.DISK_LIVE_MIGRATION
     assert not OpsCode.WHOLE_HOST_MIGRATION.numbered
     assert OpsCode.parse("0X400003") is OpsCode.NC_DEEP_OFFLINE
     with pytest.raises(ValueError, match="not a hexadecimal code"):

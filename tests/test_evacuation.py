@@ -207,8 +207,8 @@ async def test_a_cluster_without_a_maintenance_window_is_refused_when_vms_must_m
 async def test_cold_migrations_wait_on_a_durable_timer_until_the_maintenance_window_opens(
     make_fleet: Callable[..., Awaitable[Fleet]],
     windows: MaintenanceWindowStore,
-    ops_on: Callable[[Fleet], Awaitable[Operations]],
-    time_skipping_env: WorkflowEnvironment,
+    ops_on_own_server: Callable[[Fleet], Awaitable[Operations]],
+    own_time_skipping_env: WorkflowEnvironment,
     store: OperationStore,
 ) -> None:
     fleet = await make_fleet(4)
@@ -222,7 +222,7 @@ async def test_cold_migrations_wait_on_a_durable_timer_until_the_maintenance_win
             time_zone="UTC",
         )
     )
-    ops = await ops_on(fleet)
+    ops = await ops_on_own_server(fleet)
     handle = await ops.start("NcDeepOfflineCold", evacuation_input())
 
     status = await wait_status(
@@ -255,7 +255,7 @@ async def test_cold_migrations_wait_on_a_durable_timer_until_the_maintenance_win
 async def test_a_migration_that_times_out_is_tried_again_then_moved_cold(
     make_fleet: Callable[..., Awaitable[Fleet]],
     windows: MaintenanceWindowStore,
-    ops_on: Callable[[Fleet], Awaitable[Operations]],
+    ops_on_own_server: Callable[[Fleet], Awaitable[Operations]],
     store: OperationStore,
 ) -> None:
     fleet = await make_fleet(3, memory_choices=(4,))
