@@ -255,7 +255,7 @@ async def test_cold_migrations_wait_on_a_durable_timer_until_the_maintenance_win
 async def test_a_migration_that_times_out_is_tried_again_then_moved_cold(
     make_fleet: Callable[..., Awaitable[Fleet]],
     windows: MaintenanceWindowStore,
-    ops_on_own_server: Callable[[Fleet], Awaitable[Operations]],
+    ops_on: Callable[[Fleet], Awaitable[Operations]],
     store: OperationStore,
 ) -> None:
     fleet = await make_fleet(3, memory_choices=(4,))
