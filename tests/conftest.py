@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.stack",
     "tests.fixtures.evacuation",
     "tests.fixtures.disks",
+    "tests.fixtures.intake",
 ]
