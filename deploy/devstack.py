@@ -42,6 +42,7 @@ from store.repository import OperationStore
 from store.seed import DEV_APPROVER_GROUP, DEV_APPROVERS, seed_dev_approvers, seed_dev_windows
 
 READY_LINE = "ecs-opsflow dev stack is ready"
+INTAKE_READY_SECONDS = 30.0
 """Printed once everything answers; tests wait for it."""
 
 NC_REBOOT_EXAMPLE_INPUT: dict[str, Any] = {
@@ -127,6 +128,7 @@ class DevStackConfig:
     simulator_port: int
     simulator_speed: float
     worker_metrics_port: int
+    intake_port: int
     database_url: str | None
     task_queue: str
     namespace: str = "default"
@@ -140,6 +142,7 @@ class DevStackConfig:
             simulator_port=_env_port("HOUYI_SIM_PORT", 8090),
             simulator_speed=_env_float("HOUYI_SIM_SPEED", 50),
             worker_metrics_port=_env_port("WORKER_METRICS_PORT", 9464),
+            intake_port=_env_port("OPSFLOW_INTAKE_PORT", 8080),
             database_url=os.environ.get("DATABASE_URL", "").strip() or None,
             task_queue=_env("OPSFLOW_TASK_QUEUE", DEFAULT_TASK_QUEUE),
         )
@@ -157,11 +160,12 @@ class DevStackConfig:
         return f"http://127.0.0.1:{self.simulator_port}"
 
     def ports(self) -> list[Port]:
-        """The ports this stack listens on. (Intake, port 8080, joins with the next issue.)"""
+        """The ports this stack listens on."""
         ports = [
             Port("Temporal gRPC", self.temporal_port, "TEMPORAL_PORT"),
             Port("Temporal UI", self.temporal_ui_port, "TEMPORAL_UI_PORT"),
             Port("Houyi simulator", self.simulator_port, "HOUYI_SIM_PORT"),
+            Port("intake", self.intake_port, "OPSFLOW_INTAKE_PORT"),
         ]
         if self.worker_metrics_port:  # 0 turns the worker's metrics off
             ports.append(Port("worker metrics", self.worker_metrics_port, "WORKER_METRICS_PORT"))
@@ -236,21 +240,22 @@ class DevStack:
         )
         await self._start_process(simulator, SIMULATOR_READY_SECONDS)
 
-        worker = processes.worker(
-            processes.worker_env(
-                temporal_address=config.temporal_address,
-                database_url=self.database_url,
-                houyi_url=config.simulator_url,
-                metrics_port=config.worker_metrics_port,
-                task_queue=config.task_queue,
-                namespace=config.namespace,
-                simulator_speed=config.simulator_speed,
-            ),
-            log_dir=config.log_dir,
+        env = processes.worker_env(
+            temporal_address=config.temporal_address,
+            database_url=self.database_url,
+            houyi_url=config.simulator_url,
+            metrics_port=config.worker_metrics_port,
+            task_queue=config.task_queue,
+            namespace=config.namespace,
+            simulator_speed=config.simulator_speed,
         )
+        worker = processes.worker(env, log_dir=config.log_dir)
         await self._start_process(worker, WORKER_READY_SECONDS)
 
-        # Intake (starter/, the HTTP front door on port 8080) starts here once it exists (next issue).
+        intake = processes.intake(
+            {**env, "WORKER_METRICS_PORT": "0"}, config.intake_port, log_dir=config.log_dir
+        )
+        await self._start_process(intake, INTAKE_READY_SECONDS)
 
         await self._print_summary()
 
@@ -341,6 +346,9 @@ class DevStack:
         say(f"  Simulator admin  {config.simulator_url}/admin/ncs")
         if config.worker_metrics_port:
             say(f"  Worker metrics   http://127.0.0.1:{config.worker_metrics_port}/metrics")
+        say(
+            f"  Intake           http://127.0.0.1:{config.intake_port} (OpenAPI /openapi.json; dev tokens in deploy/dev/tokens.json)"
+        )
         say(f"  Database         {self.database_url}")
         say()
         say("Lock a free NC of the demo fleet (0x410A01, workflow NcLock):")
@@ -365,6 +373,12 @@ class DevStack:
         say("Disk source recycle runs daily (Schedule disk-recycle); run it now, or dry-run it by hand:")
         for command in disk_recycle_example(config):
             say(f"  {command}")
+        say()
+        hung = free[1] if len(free) > 1 else "<nc_ip>"
+        say(
+            f"Alertmanager's webhook: nc_hang_exception on {hung} starts 0x400012 once, however often it is sent:"
+        )
+        say(f"  {alert_example(config, hung)}")
         say()
         say(f"{READY_LINE}; Ctrl-C stops it.")
 
@@ -454,6 +468,29 @@ def disk_recycle_example(config: DevStackConfig) -> list[str]:
         f"{temporal} workflow execute{address} --type DiskRecycle --task-queue {config.task_queue} "
         f"--workflow-id disk-recycle-dry-run --input {shlex.quote(json.dumps({'dry_run': True}))}",
     ]
+
+
+def alert_example(config: DevStackConfig, nc_ip: str) -> str:
+    payload = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "ecs-opsflow",
+        "groupKey": '{}:{alertname="nc_hang_exception"}',
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "nc_hang_exception", "nc_ip": nc_ip, "severity": "P1"},
+                "annotations": {"summary": f"{nc_ip} stopped answering"},
+                "startsAt": "2026-11-25T03:00:00Z",
+                "fingerprint": f"demo-{nc_ip}",
+            }
+        ],
+    }
+    return (
+        f"curl -s -X POST http://127.0.0.1:{config.intake_port}/v1/alertmanager "
+        "-H 'Authorization: Bearer dev-alertmanager-token-0001' -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(json.dumps(payload))}"
+    )
 
 
 def nc_lock_example(config: DevStackConfig, nc_ip: str) -> list[str]:

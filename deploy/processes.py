@@ -394,6 +394,29 @@ def houyi_simulator(
     )
 
 
+# --- intake -----------------------------------------------------------------------------------------
+
+DEV_TOKENS_FILE = REPO_ROOT / "deploy" / "dev" / "tokens.json"
+
+
+def intake(
+    env: Mapping[str, str], port: int, *, log_dir: Path, tokens_file: Path = DEV_TOKENS_FILE
+) -> ManagedProcess:
+    """``python -m starter`` (the intake) with the worker's environment; ready: ``/readyz`` answers 200."""
+    return ManagedProcess(
+        "intake",
+        [sys.executable, "-m", "starter"],
+        log_path=log_dir / "intake.log",
+        env={
+            **env,
+            "OPSFLOW_INTAKE_HOST": "127.0.0.1",
+            "OPSFLOW_INTAKE_PORT": str(port),
+            "OPSFLOW_TOKENS_FILE": str(tokens_file),
+        },
+        ready_check=lambda: http_ok(f"http://127.0.0.1:{port}/readyz"),
+    )
+
+
 # --- worker -----------------------------------------------------------------------------------------
 
 

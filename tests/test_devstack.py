@@ -62,6 +62,7 @@ async def test_devstack_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: P
         "TEMPORAL_UI_PORT": processes.free_port(),
         "HOUYI_SIM_PORT": processes.free_port(),
         "WORKER_METRICS_PORT": processes.free_port(),
+        "OPSFLOW_INTAKE_PORT": processes.free_port(),
     }
     env = {
         **os.environ,
@@ -85,12 +86,13 @@ async def test_devstack_starts_everything_and_stops_it_all_on_ctrl_c(tmp_path: P
         for line in lines:
             if match := PID_LINE.match(line):
                 pids[match["name"]] = int(match["pid"])
-        assert set(pids) == {"temporal", "simulator", "worker"}, output
+        assert set(pids) == {"temporal", "simulator", "worker", "intake"}, output
 
         assert await processes.http_ok(f"http://127.0.0.1:{ports['TEMPORAL_UI_PORT']}/")
         assert await processes.http_ok(f"http://127.0.0.1:{ports['HOUYI_SIM_PORT']}/admin/ncs")
         assert _alive(pids["worker"])
         assert await processes.http_ok(f"http://127.0.0.1:{ports['WORKER_METRICS_PORT']}/metrics")
+        assert await processes.http_ok(f"http://127.0.0.1:{ports['OPSFLOW_INTAKE_PORT']}/readyz")
         # The printed example names a real free NC of the demo fleet, on this stack's gRPC port.
         assert "--type NcLock --task-queue ecs-ops --workflow-id 0x410A01-" in output
         assert f"--address 127.0.0.1:{ports['TEMPORAL_PORT']}" in output
@@ -140,6 +142,7 @@ async def test_devstack_refuses_a_busy_port_naming_the_variable(tmp_path: Path) 
             "TEMPORAL_UI_PORT": str(processes.free_port()),
             "HOUYI_SIM_PORT": str(busy_port),
             "WORKER_METRICS_PORT": str(processes.free_port()),
+            "OPSFLOW_INTAKE_PORT": str(processes.free_port()),
         }
         devstack = await _start_devstack(env)
         stdout, _ = await asyncio.wait_for(devstack.communicate(), 30)
