@@ -38,6 +38,12 @@ TABLES = (
     "capacity_guards",
     "approver_groups",
     "host_leases",
+    "maintenance_windows",
+    "disk_leases",
+    "disk_migration_limits",
+    "disk_recycles",
+    "alert_rules",
+    "alert_receipts",
 )
 
 _FINAL_STATES = [state.value for state in OpsState if state.final]

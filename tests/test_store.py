@@ -372,7 +372,14 @@ async def test_jsonb_values_round_trip_as_python_values(store: OperationStore) -
 
 
 # What the migrations seed: the recommended flow control and approval rows and the '*' defaults.
-SEEDED_ROWS = {"flow_control_rules": 8, "approval_policies": 7, "storm_breakers": 1, "capacity_guards": 1}
+SEEDED_ROWS = {
+    "flow_control_rules": 8,
+    "approval_policies": 8,
+    "storm_breakers": 1,
+    "capacity_guards": 1,
+    "disk_migration_limits": 1,
+    "alert_rules": 2,
+}
 
 
 async def test_count_rows_counts_every_table_and_reads_leave_it_unchanged(store: OperationStore) -> None:
