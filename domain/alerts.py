@@ -13,10 +13,41 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from domain.operations import ReasonCategory
 from domain.opscodes import OpsCode
+
+
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """Where a NUL character hides in JSON-shaped ``value`` (keys included), or None. PostgreSQL text
+    cannot hold one, so it is refused up front rather than failing the store later."""
+    if isinstance(value, str):
+        return path or "input" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return where
+            found = _nul_path(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+class _NoNul(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        where = _nul_path(value)
+        if where:
+            raise ValueError(f"{where} contains a NUL character")
+        return value
 
 
 class AlertStatus(StrEnum):
@@ -42,7 +73,7 @@ class Alert(BaseModel):
         return self.labels.get("alertname", "")
 
 
-class AlertmanagerPayload(BaseModel):
+class AlertmanagerPayload(_NoNul):
     """``POST /v1/alertmanager``: Alertmanager's webhook body."""
 
     model_config = ConfigDict(extra="allow")
@@ -127,7 +158,7 @@ class AlertResult(BaseModel):
     message: str = ""
 
 
-class ManualReport(BaseModel):
+class ManualReport(_NoNul):
     """``POST /v1/reports``: the product's "active ops report"."""
 
     model_config = ConfigDict(extra="forbid")

@@ -47,7 +47,7 @@ from starter.openapi import openapi_document
 from store.errors import StoreError, StoreUnavailable
 from store.intake import IntakeStore
 from store.repository import OperationStore
-from workflows.lifecycle import DecisionInput, DecisionResult, OperationStatus
+from workflows.lifecycle import DecisionInput, DecisionResult, OperationStatus, OperationWorkflow
 
 log = structlog.get_logger("intake")
 
@@ -110,9 +110,8 @@ def workflows_by_opscode() -> dict[OpsCode, Workflow]:
 
     found: dict[OpsCode, Workflow] = {}
     for cls in WORKFLOWS:
-        opscode = getattr(cls, "OPSCODE", None)
-        if opscode is not None:
-            found[opscode] = Workflow(CATALOG[opscode].workflow_type, getattr(cls, "INPUT"))
+        if isinstance(cls, type) and issubclass(cls, OperationWorkflow):
+            found[cls.OPSCODE] = Workflow(CATALOG[cls.OPSCODE].workflow_type, cls.INPUT)
     return found
 
 

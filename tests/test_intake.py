@@ -131,6 +131,7 @@ async def test_what_can_never_be_accepted_is_a_4xx_naming_the_problem(intake: In
         ({"body": {**webhook(alert("nc_hang_exception", host)), "version": "3"}}, 422, "InvalidInput", "version: String should match pattern '^4$'"),
         ({"body": {"version": "4", "status": "firing"}}, 422, "InvalidInput", "alerts: Field required"),
         ({"body": webhook({**alert("nc_hang_exception", host), "startsAt": "yesterday"})}, 422, "InvalidInput", "alerts.0.startsAt: Input should be a valid datetime"),
+        ({"body": webhook(alert("nc_hang_exception", host, rack="r\u0000")), }, 422, "InvalidInput", "alerts.0.labels.rack contains a NUL character"),
         ({"body": webhook(alert("nc_hang_exception", host)), "who": None}, 401, "Unauthenticated", "send Authorization: Bearer <token>"),
         ({"body": webhook(alert("nc_hang_exception", host)), "headers": {"Authorization": "Bearer not-a-token-we-know"}, "who": None}, 401, "Unauthenticated", "unknown token"),
         ({"body": webhook(alert("nc_hang_exception", host)), "who": "approver1"}, 403, "Forbidden", "approver1 lacks role alertmanager"),
