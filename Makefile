@@ -32,6 +32,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.evacuation
+	$(BIN)/python -m bench.intake
 
 clean:
 	rm -rf $(VENV) var

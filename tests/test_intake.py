@@ -5,6 +5,8 @@ readiness, metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from typing import Any
 
@@ -264,3 +266,33 @@ async def test_health_readiness_metrics_and_the_openapi_document_need_no_token(
         "/v1/approvals/{workflow_id}/{decision}",
     } <= set(document["paths"])
     assert "AlertmanagerPayload" in document["components"]["schemas"]
+
+
+async def test_concurrent_clients_sending_each_alert_twice_start_exactly_the_distinct_ones(
+    intake: IntakeUnderTest,
+) -> None:
+    distinct = [
+        alert("nc_hang_exception", f"10.250.0.{i}", fingerprint=f"conc{i:03d}") for i in range(1, 101)
+    ]
+    bodies = [webhook(a) for a in distinct for _ in range(2)]
+    random.Random(3).shuffle(bodies)
+    queue = list(bodies)
+
+    async def client() -> list[str]:
+        seen = []
+        while queue:
+            status, answer = await intake.call(
+                "POST", "/v1/alertmanager", who="alertmanager", body=queue.pop()
+            )
+            assert status == 200, answer
+            seen += [r["outcome"] for r in answer["results"]]
+        return seen
+
+    outcomes = [o for seen in await asyncio.gather(*(client() for _ in range(20))) for o in seen]
+
+    assert (outcomes.count("started"), outcomes.count("deduplicated")) == (100, 100)
+
+    async def all_there() -> None:
+        assert len(await intake.workflows()) == 100
+
+    await eventually(all_there, within=20)
