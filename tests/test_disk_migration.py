@@ -144,7 +144,7 @@ async def test_copies_per_storage_cluster_never_exceed_the_limit(
     ops_on_dev_server: Callable[[Fleet], Awaitable[Operations]],
     disks: DiskStore,
 ) -> None:
-    fleet = await make_disk_fleet(river_disks=4, copy_mib_per_second=40 * 1024 / 60)  # 60 s per disk
+    fleet = await make_disk_fleet(river_disks=4, copy_mib_per_second=40 * 1024 / 2000)  # 2,000 s per disk: 2 s real
     await disks.set_limit(SOURCE, 2, updated_by="test")
     ops = await ops_on_dev_server(fleet)
 
@@ -179,7 +179,7 @@ async def test_a_cancel_after_the_copy_started_is_refused_and_the_copy_completes
     ops_on_dev_server: Callable[[Fleet], Awaitable[Operations]],
     store: OperationStore,
 ) -> None:
-    fleet = await make_disk_fleet(copy_mib_per_second=40 * 1024 / 150)  # 3 s at the fixture's speed
+    fleet = await make_disk_fleet(copy_mib_per_second=40 * 1024 / 5000)  # 5 s real at the fixture's 1000x
     ops = await ops_on_dev_server(fleet)
     disk = river_disk(1)
     handle = await ops.start("DiskLiveMigration", disk_input(disk, source="alert"))
