@@ -13,9 +13,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from activities.nc import LockNcInput, NcActivities
-from worker import WORKFLOWS
-from workflows.common import HOUYI_WRITE
+# This module defines a workflow, so the sandbox imports it again: what it imports passes through, as in
+# the workflow modules (structlog would pull rich, which draws random numbers at import).
+with workflow.unsafe.imports_passed_through():
+    from activities.nc import LockNcInput, NcActivities
+    from worker import WORKFLOWS
+    from workflows.common import HOUYI_WRITE
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
