@@ -144,7 +144,9 @@ async def test_copies_per_storage_cluster_never_exceed_the_limit(
     ops_on_dev_server: Callable[[Fleet], Awaitable[Operations]],
     disks: DiskStore,
 ) -> None:
-    fleet = await make_disk_fleet(river_disks=4, copy_mib_per_second=40 * 1024 / 2000)  # 2,000 s per disk: 2 s real
+    fleet = await make_disk_fleet(
+        river_disks=4, copy_mib_per_second=40 * 1024 / 2000
+    )  # 2,000 s per disk: 2 s real
     await disks.set_limit(SOURCE, 2, updated_by="test")
     ops = await ops_on_dev_server(fleet)
 
