@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check --quiet .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy domain houyi store activities workflows runtime simulator deploy starter worker.py tests bench
+	$(BIN)/mypy domain houyi store activities workflows runtime simulator deploy starter opsctl worker.py tests bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.evacuation

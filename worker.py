@@ -40,6 +40,7 @@ from workflows.nc_deep_offline import NcDeepOfflineColdWorkflow, NcDeepOfflineWo
 from workflows.nc_forced_reboot import NcForcedRebootWorkflow
 from workflows.nc_lock import NcLockWorkflow
 from workflows.nc_re_online import NcReOnlineWorkflow
+from workflows.nc_unlock import NcUnlockWorkflow
 from workflows.vm_residue_cleanup import VmResidueCleanupWorkflow, WildVmCleanupWorkflow
 from workflows.whole_host_migration import WholeHostMigrationWorkflow
 
@@ -47,6 +48,7 @@ log = structlog.get_logger("worker")
 
 WORKFLOWS: Sequence[type] = (
     NcLockWorkflow,
+    NcUnlockWorkflow,
     NcForcedRebootWorkflow,
     NcReOnlineWorkflow,
     NcDeepOfflineWorkflow,

@@ -63,6 +63,8 @@ SELF_APPROVAL: Final = "SelfApproval"
 DUPLICATE_VOTE: Final = "DuplicateVote"
 NOT_PENDING_APPROVAL: Final = "NotPendingApproval"
 STEP_NOT_WAITING: Final = "StepNotWaiting"
+# mark_complete sent to an operation that does not wait for a person.
+OPERATION_NOT_WAITING: Final = "OperationNotWaiting"
 STEP_NOT_SKIPPABLE: Final = "StepNotSkippable"
 OPERATION_ABORTED: Final = "OperationAborted"
 OPERATION_FAILED: Final = "OperationFailed"

@@ -19,6 +19,7 @@ from domain.settings import (
     NcForcedRebootSettings,
     NcLockSettings,
     NcReOnlineSettings,
+    NcUnlockSettings,
     VmResidueCleanupSettings,
     WholeHostMigrationSettings,
     WildVmCleanupSettings,
@@ -110,6 +111,12 @@ class NcLockInput(OperationRequest):
     """Input of ``NcLock`` (0x410A01), as typed in the Temporal UI."""
 
     settings: NcLockSettings = Field(default_factory=NcLockSettings)
+
+
+class NcUnlockInput(OperationRequest):
+    """Input of ``NcUnlock`` (0x4000A000000007)."""
+
+    settings: NcUnlockSettings = Field(default_factory=NcUnlockSettings)
 
 
 class NcForcedRebootInput(OperationRequest):

@@ -11,6 +11,7 @@ from domain.settings import (
     NcForcedRebootSettings,
     NcLockSettings,
     NcReOnlineSettings,
+    NcUnlockSettings,
     OpsSettings,
     VmResidueCleanupSettings,
     WholeHostMigrationSettings,
@@ -188,11 +189,14 @@ CATALOG: dict[OpsCode, OpsCodeSpec] = {
         _spec(OpsCode.MEMORY_DEFRAG, "MemoryDefrag", "memory defragmentation", "Defragments host memory."),
         _spec(
             OpsCode.AUTO_UNLOCK_AFTER_LOCK,
-            "AutoUnlockAfterLock",
+            "NcUnlock",
             "auto-unlock after a lock",
-            "Unlocks a host locked earlier; manual report allowed, approval not supported.",
+            "Unlocks a host locked earlier (mlock, rlock or no_heartbeat -> free); manual report allowed, "
+            "approval not supported.",
+            settings_model=NcUnlockSettings,
             manual_report_needs_approval=False,
             approval_policy=ApprovalPolicy.NEVER,
+            implemented=True,
         ),
         _spec(OpsCode.START_VM, "StartVm", "start VM", "Starts a VM."),
         _spec(

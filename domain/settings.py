@@ -31,6 +31,10 @@ class NcLockSettings(OpsSettings):
     """0x410A01. The lock is the operation itself; ``preLock`` is accepted and recorded."""
 
 
+class NcUnlockSettings(OpsSettings):
+    """0x4000A000000007."""
+
+
 class NcForcedRebootSettings(OpsSettings):
     """0x400012."""
 

@@ -28,6 +28,7 @@ APPROVERS = ["admin", "approver1", "approver2"]  # ops-admins as store.seed seed
 WORKFLOW_OPSCODES = {
     "NcForcedReboot": "0x400012",
     "NcLock": "0x410A01",
+    "NcUnlock": "0x4000A000000007",
     "NcReOnline": "0x400011",
     "NcDeepOffline": "0x400003",
     "NcDeepOfflineCold": "0x40003000001001",

@@ -92,6 +92,7 @@ def test_the_catalog_marks_what_has_a_workflow_as_implemented() -> None:
         OpsCode.NC_DEEP_OFFLINE_COLD,
         OpsCode.VM_RESIDUE_CLEANUP,
         OpsCode.WILD_VM_CLEANUP,
+        OpsCode.AUTO_UNLOCK_AFTER_LOCK,
         OpsCode.WHOLE_HOST_MIGRATION,
         OpsCode.DISK_LIVE_MIGRATION,
     ]

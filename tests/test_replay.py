@@ -43,6 +43,7 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "whole_host_migration_relaunched",
         "vm_residue_cleanup_destroyed",
         "wild_vm_cleanup_swept",
+        "nc_unlock_succeeded",
         "disk_live_migration_succeeded",
         "disk_live_migration_refused_shared",
         "disk_recycle_recycled_and_skipped",

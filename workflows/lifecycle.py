@@ -236,6 +236,13 @@ class ApprovalInput(BaseModel):
     comment: str = ""
 
 
+class MarkCompleteInput(BaseModel):
+    """Payload of the ``mark_complete`` signal."""
+
+    operator: str = Field(min_length=1)
+    comment: str = ""
+
+
 class DecisionInput(BaseModel):
     """Payload of the ``decide`` update."""
 
@@ -308,6 +315,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self._commands: dict[str, tuple[StepCommand, StepCommandInput]] = {}
         self._handler_lock = asyncio.Lock()
         self._raw_hosts: list[str] = []
+        self._marked_complete: MarkCompleteInput | None = None
         self._audit_seq = 0
 
     # ---- hooks for the opscode ---------------------------------------------------------------------
@@ -656,7 +664,11 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         )
         try:
             await workflow.wait_condition(
-                lambda: self._rejection() is not None or self._approvals() >= policy.min_approvals,
+                lambda: (
+                    self._rejection() is not None
+                    or self._approvals() >= policy.min_approvals
+                    or self._marked_complete is not None
+                ),
                 timeout=timeout,
             )
         except TimeoutError:
@@ -664,9 +676,17 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             raise OperationEnded(
                 OpsState.EXPIRED, f"no decision within {policy.approval_timeout_minutes} min"
             ) from None
+        self._end_if_marked_complete()
         rejection = self._rejection()
         if rejection is not None:
             raise OperationEnded(OpsState.REJECTED, f"rejected by {rejection.approver}: {rejection.comment}")
+
+    def _end_if_marked_complete(self) -> None:
+        marked = self._marked_complete
+        if marked is not None:
+            raise OperationEnded(
+                OpsState.SUCCEEDED, f"marked complete by {marked.operator}: {marked.comment}".rstrip(": ")
+            )
 
     def _approvals(self) -> int:
         return sum(1 for vote in self.status.votes if vote.approve)
@@ -720,6 +740,27 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         await self.audit(
             what, AuditResult.REFUSED, operator=who, error_type=error_type, error_message=message
         )
+
+    @workflow.signal(name="mark_complete")
+    async def mark_complete(self, given: MarkCompleteInput) -> None:
+        """The product's "mark complete": a person finished by hand what waits for a person."""
+        async with self._handler_lock:
+            if (
+                self.status.state not in (OpsState.PENDING_APPROVAL, OpsState.STEP_FAILED)
+                or self._marked_complete
+            ):
+                await self._refused_message(
+                    given.operator,
+                    "mark_complete",
+                    errors.OPERATION_NOT_WAITING,
+                    f"only an operation waiting for a person (PendingApproval, StepFailed) can be marked "
+                    f"complete; this one is {self.status.state.value}",
+                )
+                return
+            self._marked_complete = given
+            await self.audit(
+                "mark_complete", AuditResult.OK, operator=given.operator, params={"comment": given.comment}
+            )
 
     @workflow.signal(name="approve")
     async def approve(self, decision: ApprovalInput) -> None:
@@ -811,13 +852,17 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             params={"step": record.name},
         )
         try:
-            await workflow.wait_condition(lambda: record.name in self._commands, timeout=STEP_FAILED_TIMEOUT)
+            await workflow.wait_condition(
+                lambda: record.name in self._commands or self._marked_complete is not None,
+                timeout=STEP_FAILED_TIMEOUT,
+            )
         except TimeoutError:
             raise OperationEnded(
                 OpsState.FAILED,
                 f"step {record.name} failed and no operator acted within {STEP_FAILED_TIMEOUT}: {record.message}",
                 cause_type(failure),
             ) from None
+        self._end_if_marked_complete()
         command, given = self._commands.pop(record.name)
         if not any(step.status is StepStatus.WAITING for step in self.status.steps):
             await self._enter(OpsState.RUNNING)

@@ -24,6 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from domain.maintenance import MaintenanceWindow
+from domain.model import NcBizStatus
 from domain.operations import OpsState
 from houyi.http_client import HttpHouyiClient
 from runtime import search_attributes
@@ -289,7 +290,10 @@ async def main_disks(only: list[str]) -> None:
             async with build_worker(
                 env.client, task_queue, houyi=houyi, store=store, disk_poll_seconds=0.02, disk_slot_retry_seconds=0.1
             ):  # fmt: skip
+                simulator.fleet.patch_nc("10.50.0.1", biz_status=NcBizStatus.MLOCK)
+                unlock = {"nc_ip": "10.50.0.1", "requester": "alice", "reason_category": "hardware"}
                 for name, workflow_type, raw, signals in (
+                    ("nc_unlock_succeeded", "NcUnlock", unlock, []),
                     ("disk_live_migration_succeeded", "DiskLiveMigration", migrate, [approve]),
                     ("disk_live_migration_refused_shared", "DiskLiveMigration",
                      {**migrate, "disk_id": SHARED_DISK}, []),
@@ -307,7 +311,7 @@ async def main_disks(only: list[str]) -> None:
 
 if __name__ == "__main__":
     # ``evacuations [NAME ...]``: the evacuation workflows' histories (issue 4 on), or only those named.
-    # ``disks [NAME ...]``: disk live migration and recycle (issue 5).
+    # ``disks [NAME ...]``: disk live migration and recycle (issue 5), and NcUnlock.
     if sys.argv[1:2] == ["evacuations"]:
         asyncio.run(main_evacuations(sys.argv[2:]))
     elif sys.argv[1:2] == ["disks"]:

@@ -1,0 +1,1 @@
+"""opsctl: ecs-opsflow from the shell (opsctl/cli.py)."""
