@@ -319,9 +319,17 @@ async def cmd_decide(ctx: Context) -> None:
         ) from None
     except RPCError as error:
         raise Failed(f"{args.command} {args.workflow_id}: {error.message}") from None
+    state = result.state
+    if args.command == "reject" or result.approvals >= result.needed:
+        # The vote is in; the operation leaves PendingApproval on its next workflow task.
+        for _ in range(50):
+            state = (await query_status(await ctx.client(), args.workflow_id)).state
+            if state is not OpsState.PENDING_APPROVAL:
+                break
+            await asyncio.sleep(0.1)
+    answer = {**result.model_dump(mode="json"), "state": state.value}
     ctx.out.value(
-        result.model_dump(mode="json"),
-        f"{args.workflow_id}: {result.state.value}, {result.approvals} of {result.needed} approval(s)",
+        answer, f"{args.workflow_id}: {state.value}, {result.approvals} of {result.needed} approval(s)"
     )
 
 

@@ -5,6 +5,7 @@ unlock of 10 hosts previews, asks, and unlocks exactly those 10 (and nothing whe
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -316,3 +317,46 @@ async def test_batch_cancel_and_complete_over_a_query(
     for ip in (b, c):
         code, out, _ = await opsctl("watch", f"0x400012-{ip}", "--interval", "0.2")
         assert "ended Cancelled" in out
+
+
+async def test_reject_abort_and_mark_complete_at_a_failed_step(opsctl: Opsctl, admin: SimulatorAdmin) -> None:
+    a, b, c = await free_ips(admin, 3)
+    assert (await opsctl("config", "set-flow-control", "0x400012", "--enabled", "false", "--as", "test"))[
+        0
+    ] == 0
+    for ip in (a, b, c):
+        assert (
+            await opsctl("submit", "0x400012", "--host", ip, "--reason-category", "hang", "--as", "alice")
+        )[0] == 0
+
+    async def pending(ip: str) -> None:
+        code, out, _ = await opsctl("status", f"0x400012-{ip}")
+        assert "PendingApproval" in out, out
+
+    for ip in (a, b, c):
+        await eventually(functools.partial(pending, ip), within=30)
+    code, out, err = await opsctl("reject", f"0x400012-{a}", "--as", "approver2", "--comment", "not a hang")
+    assert code == 0 and "Rejected" in out, (out, err)
+
+    await admin.inject(action="oob_power_cycle", code=500, message="BMC down", count=40)
+    for ip in (b, c):
+        assert (await opsctl("approve", f"0x400012-{ip}", "--as", "approver1"))[0] == 0
+
+    async def step_failed(ip: str) -> None:
+        code, out, _ = await opsctl("status", f"0x400012-{ip}")
+        assert "StepFailed" in out, out
+
+    for ip in (b, c):
+        await eventually(functools.partial(step_failed, ip), within=60)
+    code, out, err = await opsctl("abort", f"0x400012-{b}", "--as", "admin", "--comment", "BMC dead")
+    assert code == 0, err
+    code, out, _ = await opsctl("watch", f"0x400012-{b}", "--interval", "0.2")
+    assert code == 1 and "ended Failed" in out and "aborted by admin" in out, out
+    code, out, err = await opsctl(
+        "batch", "complete", "--hosts", c, "--as", "admin", "--reason", "rebooted by hand", "--yes"
+    )
+    assert code == 0 and "requested" in out, (out, err)
+    code, out, _ = await opsctl("watch", f"0x400012-{c}", "--interval", "0.2")
+    assert code == 0 and "ended Succeeded" in out, out
+    status = await opsctl.json("status", f"0x400012-{c}")
+    assert status["state"] == "Succeeded"
