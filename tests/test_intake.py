@@ -10,6 +10,8 @@ import random
 import uuid
 from typing import Any
 
+import pytest
+
 from domain.operations import OpsState
 from domain.opscodes import OpsCode
 from store.intake import IntakeStore
@@ -296,3 +298,28 @@ async def test_concurrent_clients_sending_each_alert_twice_start_exactly_the_dis
         assert len(await intake.workflows()) == 100
 
     await eventually(all_there, within=20)
+
+
+async def test_no_token_reaches_a_log_line(
+    intake: IntakeUnderTest, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    (host,) = await free_hosts(intake, 1)
+    await intake.call(
+        "POST", "/v1/alertmanager", who="alertmanager", body=webhook(alert("nc_hang_exception", host))
+    )
+    await intake.call("POST", "/v1/reports", who="alice", body=report(host, "0x410A01"))
+    await intake.call("POST", "/v1/reports", who="approver1", body=report(host))  # refused: 403
+    await intake.call(
+        "POST",
+        "/v1/reports",
+        who=None,
+        body=report(host),
+        headers={"Authorization": "Bearer wrong-token-123456789"},
+    )
+    await intake.call("GET", "/v1/approvals", who="approver1")
+
+    captured = capsys.readouterr()
+    logged = captured.out + captured.err + caplog.text
+    assert "alert handled" in logged and "manual report" in logged  # the intake did log
+    for token in [*intake.tokens.values(), "wrong-token-123456789"]:
+        assert token not in logged
