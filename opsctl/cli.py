@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -36,6 +37,7 @@ from domain.maintenance import MaintenanceWindow
 from domain.operations import InputRefused, OpsState, describe_validation_error, parse_input
 from domain.opscodes import CATALOG, OpsCode
 from runtime.config import Settings
+from runtime.logging import configure_logging
 from runtime.temporal import connect
 from store.embedded import resolve_database_url
 from store.errors import StoreError
@@ -547,6 +549,8 @@ def confirm(count: int, what: str, assume_yes: bool) -> bool:
         return True
     print(f"Proceed with {what} of {count}? [y/N] ", end="", flush=True)
     answer = sys.stdin.readline().strip().lower()
+    if not sys.stdin.isatty():
+        print(answer)  # a piped answer is not echoed: show it, so the log reads as a dialogue
     return answer in ("y", "yes")
 
 
@@ -744,10 +748,11 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def leave(code: int, message: str = "") -> NoReturn:
-    if message:
-        print(f"opsctl: {message}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):  # a closed pipe (opsctl list | head) is not an error
+        if message:
+            print(f"opsctl: {message}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
     # Not sys.exit: the Temporal client's native runtime threads can abort the interpreter while it
     # finalizes ("PyGILState_Release ... finalizing", seen here); there is nothing left to clean up.
     os._exit(code)
@@ -755,8 +760,11 @@ def leave(code: int, message: str = "") -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    configure_logging("WARNING")  # the store's and SDK's info lines are not opsctl's output
     try:
         asyncio.run(run(args))
+    except BrokenPipeError:
+        leave(0)
     except UsageError as error:
         leave(2, str(error))
     except Failed as error:
