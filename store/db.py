@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -168,3 +168,27 @@ async def _migrate(conn: asyncpg.Connection, migrations: Sequence[Migration]) ->
             applied.append(migration.version)
             _log.info("migration applied", version=migration.version, name=migration.name)
     return applied
+
+
+class _HasPool(Protocol):
+    @property
+    def pool(self) -> asyncpg.Pool: ...
+
+
+class PoolStore:
+    """Base of the stores that live on the ``OperationStore``'s pool (maintenance windows, disks,
+    intake): each query takes a pooled connection with the driver's errors translated."""
+
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> None:
+        self._pool = pool
+        self._acquire_timeout = acquire_timeout
+
+    @classmethod
+    def of(cls, store: _HasPool, *, acquire_timeout: float = 10.0) -> Self:
+        """This store on ``store``'s pool, as ``OperationStore.lifecycle`` is built."""
+        return cls(store.pool, acquire_timeout=acquire_timeout)
+
+    @asynccontextmanager
+    async def _connection(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
+        async with pooled_connection(self._pool, doing, acquire_timeout=self._acquire_timeout) as conn:
+            yield conn

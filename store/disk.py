@@ -8,18 +8,16 @@ claiming at once never both get the last slot.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
 from pydantic import BaseModel
 
-from store.db import pooled_connection
+from store.db import PoolStore
 
 if TYPE_CHECKING:
-    from store.repository import OperationStore
+    pass
 
 DEFAULT_LIMIT_KEY = "*"
 _SLOT_LOCK = 0x6469736B  # "disk": pg_advisory_xact_lock key of slot claims
@@ -48,20 +46,7 @@ class RecycleRecord(BaseModel):
     workflow_id: str
 
 
-class DiskStore:
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> None:
-        self._pool = pool
-        self._acquire_timeout = acquire_timeout
-
-    @classmethod
-    def of(cls, store: OperationStore) -> DiskStore:
-        return cls(store.pool)
-
-    @asynccontextmanager
-    async def _connection(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        async with pooled_connection(self._pool, doing, acquire_timeout=self._acquire_timeout) as conn:
-            yield conn
-
+class DiskStore(PoolStore):
     # ---- leases and slots ------------------------------------------------------------------------------
 
     async def acquire_disk(

@@ -9,19 +9,16 @@ is taken over by the next delivery, whose start is itself deduplicated by the wo
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from pydantic import BaseModel
 
 from domain.alerts import Alert, AlertOutcome, AlertRule
-from store.db import pooled_connection
+from store.db import PoolStore
 
 if TYPE_CHECKING:
-    from store.repository import OperationStore
+    pass
 
 # A pending claim older than this is taken to be dead (requests answer in seconds).
 STALE_CLAIM_SECONDS = 60
@@ -47,20 +44,7 @@ class Claim(BaseModel):
     previous: Receipt | None = None
 
 
-class IntakeStore:
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> None:
-        self._pool = pool
-        self._acquire_timeout = acquire_timeout
-
-    @classmethod
-    def of(cls, store: OperationStore) -> IntakeStore:
-        return cls(store.pool)
-
-    @asynccontextmanager
-    async def _connection(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        async with pooled_connection(self._pool, doing, acquire_timeout=self._acquire_timeout) as conn:
-            yield conn
-
+class IntakeStore(PoolStore):
     async def ping(self) -> None:
         async with self._connection("checking the store") as conn:
             await conn.fetchval("SELECT 1")

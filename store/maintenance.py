@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import time
 from typing import TYPE_CHECKING
 
@@ -31,37 +29,23 @@ from pydantic import ValidationError
 from domain.maintenance import MaintenanceWindow
 from domain.operations import describe_validation_error
 from runtime.config import Settings
-from store.db import create_pool, migrate, pooled_connection
+from store.db import PoolStore, create_pool, migrate
 from store.embedded import resolve_database_url
 from store.errors import StoreError
 
 if TYPE_CHECKING:
-    from store.repository import OperationStore
+    pass
 
 _COLUMNS = "id, cluster_id, weekday, start_time, duration_minutes, time_zone"
 
 
-class MaintenanceWindowStore:
+class MaintenanceWindowStore(PoolStore):
     """Reads and writes ``maintenance_windows`` through the asyncpg pool the ``OperationStore`` holds.
 
     Every method raises ``StoreUnavailable`` when the database cannot be reached (or no pooled connection
     frees up within ``acquire_timeout`` seconds), and ``StoreError`` for a stored row that is no longer a
     valid window (e.g. a time zone this machine does not know).
     """
-
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> None:
-        self._pool = pool
-        self._acquire_timeout = acquire_timeout
-
-    @classmethod
-    def of(cls, store: OperationStore, *, acquire_timeout: float = 10.0) -> MaintenanceWindowStore:
-        """The window store on ``store``'s pool, as ``OperationStore.lifecycle`` is built."""
-        return cls(store.pool, acquire_timeout=acquire_timeout)
-
-    @asynccontextmanager
-    async def _connection(self, doing: str) -> AsyncIterator[asyncpg.Connection]:
-        async with pooled_connection(self._pool, doing, acquire_timeout=self._acquire_timeout) as conn:
-            yield conn
 
     async def windows_for(self, cluster_id: str) -> list[MaintenanceWindow]:
         """The cluster's windows by weekday and start; [] when it has none."""
