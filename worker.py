@@ -6,7 +6,9 @@ python worker.py            # configuration from the environment (runtime/config
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -26,12 +28,15 @@ from activities.residue import ResidueActivities
 from houyi.http_client import HttpHouyiClient
 from houyi.port import HouyiPort, StorageToolsPort
 from runtime import search_attributes
-from runtime.config import Settings
-from runtime.logging import configure_logging
+from runtime.config import ConfigError, Settings
+from runtime.logging import LogContextInterceptor, configure_logging
+from runtime.metrics import METRICS, ServiceMetrics
+from runtime.ops_server import OpsServer, loopback_port
 from runtime.schedules import RECYCLE_SCHEDULE_ID, ensure_recycle_schedule
 from runtime.temporal import connect, runtime_with_prometheus
 from store.disk import DiskStore
 from store.embedded import resolve_database_url
+from store.errors import StoreUnavailable
 from store.maintenance import MaintenanceWindowStore
 from store.repository import OperationStore
 from workflows.disk_live_migration import DiskLiveMigrationWorkflow
@@ -71,6 +76,7 @@ def activities_for(
     time_scale: float = 1.0,
     disk_poll_seconds: float = DEFAULT_DISK_POLL_SECONDS,
     disk_slot_retry_seconds: float = DEFAULT_SLOT_RETRY_SECONDS,
+    metrics: ServiceMetrics = METRICS,
 ) -> list[Any]:
     """Every activity, bound to its injected clients.
 
@@ -78,8 +84,8 @@ def activities_for(
     Houyi is the simulator running faster than real time; production leaves it at 1.
     """
     nc = NcActivities(houyi, power_poll_seconds=power_poll_seconds)
-    operations = OperationActivities(store)
-    lifecycle = LifecycleActivities(store, houyi, client)
+    operations = OperationActivities(store, metrics)
+    lifecycle = LifecycleActivities(store, houyi, client, metrics)
     evacuation = EvacuationActivities(houyi, poll_seconds=migration_poll_seconds, time_scale=time_scale)
     maintenance = MaintenanceActivities(MaintenanceWindowStore.of(store))
     residue = ResidueActivities(houyi)
@@ -150,6 +156,7 @@ def build_worker(
     time_scale: float = 1.0,
     disk_poll_seconds: float = DEFAULT_DISK_POLL_SECONDS,
     disk_slot_retry_seconds: float = DEFAULT_SLOT_RETRY_SECONDS,
+    metrics: ServiceMetrics = METRICS,
 ) -> Worker:
     return Worker(
         client,
@@ -164,29 +171,53 @@ def build_worker(
             time_scale=time_scale,
             disk_poll_seconds=disk_poll_seconds,
             disk_slot_retry_seconds=disk_slot_retry_seconds,
+            metrics=metrics,
         ),
         max_concurrent_activities=max_concurrent_activities,
         max_concurrent_workflow_tasks=max_concurrent_workflow_tasks,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        interceptors=[LogContextInterceptor()],
         # Cancellation reaches an activity with a heartbeat's answer: flush heartbeats at least every
         # second, so cancelling an operation cancels its live migrations in about a second.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    database_url = resolve_database_url(settings)
-    store = await OperationStore.connect(database_url)
-    runtime = (
-        runtime_with_prometheus(f"0.0.0.0:{settings.worker_metrics_port}")
-        if settings.worker_metrics_port
-        else None
-    )
-    client = await connect(settings.temporal_address, settings.temporal_namespace, runtime=runtime)
+OPEN_OPERATIONS_REFRESH_SECONDS = 15.0
+
+
+class StartupError(Exception):
+    """The worker cannot start: the message says why; no traceback helps an operator here."""
+
+
+async def refresh_open_operations(
+    store: OperationStore, metrics: ServiceMetrics, stop: asyncio.Event
+) -> None:
+    """Keeps the fleet-wide open-operation gauges current; a (opscode, state) that empties drops to 0."""
+    shown: set[tuple[str, str]] = set()
+    while not stop.is_set():
+        try:
+            rows = await store.open_operations()
+        except StoreUnavailable as error:
+            log.warning("cannot read open operations", error=str(error))
+        else:
+            now = {(row.opscode, row.state) for row in rows}
+            for row in rows:
+                metrics.operations_open.labels(row.opscode, row.state).set(row.open)
+                metrics.operations_oldest.labels(row.opscode, row.state).set(row.oldest_seconds)
+            for opscode, state in shown - now:
+                metrics.operations_open.labels(opscode, state).set(0)
+                metrics.operations_oldest.labels(opscode, state).set(0)
+            shown |= now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=OPEN_OPERATIONS_REFRESH_SECONDS)
+
+
+async def ensure_namespace_setup(client: Client, settings: Settings) -> None:
+    """Search attributes and the recycle Schedule, created or brought in line: safe at every start."""
     try:
         added = await search_attributes.ensure_registered(client, settings.temporal_namespace)
-        if added:
-            log.info("search attributes registered", added=added)
+        log.info("search attributes checked", added=added)
     except RPCError as error:
         # A namespace we may not administer (e.g. a hosted one): its operators register them.
         log.warning("cannot check search attributes", error=str(error))
@@ -195,39 +226,106 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         log.info(
             "disk recycle schedule " + done, schedule_id=RECYCLE_SCHEDULE_ID, cron=settings.recycle_schedule
         )
-    async with HttpHouyiClient(
-        settings.houyi_url, recorder=store, timeout_seconds=settings.houyi_timeout_seconds
-    ) as houyi:
-        worker = build_worker(
-            client,
-            settings.task_queue,
-            houyi=houyi,
-            store=store,
-            max_concurrent_activities=settings.max_concurrent_activities,
-            max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
-            power_poll_seconds=settings.power_poll_seconds,
-            migration_poll_seconds=settings.migration_poll_seconds,
-            time_scale=settings.time_scale,
-            disk_poll_seconds=settings.disk_poll_seconds,
-            disk_slot_retry_seconds=settings.disk_slot_retry_seconds,
+
+
+async def run(settings: Settings, stop: asyncio.Event, metrics: ServiceMetrics = METRICS) -> None:
+    database_url = resolve_database_url(settings)
+    store = await OperationStore.connect(database_url)
+    sdk_metrics_port = loopback_port() if settings.worker_metrics_port else None
+    runtime = runtime_with_prometheus(f"127.0.0.1:{sdk_metrics_port}") if sdk_metrics_port else None
+    try:
+        client = await connect(settings.temporal, runtime=runtime)
+    except RuntimeError as error:
+        await store.close()
+        raise StartupError(
+            f"cannot reach Temporal at {settings.temporal_address} "
+            f"(namespace {settings.temporal_namespace}, {settings.temporal.describe()}): {error}"
+        ) from None
+    await ensure_namespace_setup(client, settings)
+    worker_task: asyncio.Task[None] | None = None
+
+    async def live() -> str | None:
+        if worker_task is not None and worker_task.done():
+            return "the worker stopped polling"
+        return None
+
+    async def ready() -> str | None:
+        if worker_task is None:
+            return "the worker has not started"
+        if (problem := await live()) is not None:
+            return problem
+        try:
+            await store.ping()
+        except StoreUnavailable as error:
+            return f"store: {error}"
+        return None
+
+    ops_server = (
+        OpsServer(
+            metrics.registry,
+            sdk_metrics_url=f"http://127.0.0.1:{sdk_metrics_port}/metrics",
+            live=live,
+            ready=ready,
         )
-        log.info(
-            "worker started",
-            task_queue=settings.task_queue,
-            temporal=settings.temporal_address,
-            namespace=settings.temporal_namespace,
-            houyi=settings.houyi_url,
-            metrics_port=settings.worker_metrics_port,
-        )
-        async with worker:
-            await stop.wait()
+        if settings.worker_metrics_port
+        else None
+    )
+    if ops_server is not None:
+        await ops_server.start("0.0.0.0", settings.worker_metrics_port)
+    gauges = asyncio.create_task(refresh_open_operations(store, metrics, stop))
+    try:
+        async with HttpHouyiClient(
+            settings.houyi_url,
+            recorder=store,
+            timeout_seconds=settings.houyi_timeout_seconds,
+            metrics=metrics,
+        ) as houyi:
+            worker = build_worker(
+                client,
+                settings.task_queue,
+                houyi=houyi,
+                store=store,
+                max_concurrent_activities=settings.max_concurrent_activities,
+                max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+                power_poll_seconds=settings.power_poll_seconds,
+                migration_poll_seconds=settings.migration_poll_seconds,
+                time_scale=settings.time_scale,
+                disk_poll_seconds=settings.disk_poll_seconds,
+                disk_slot_retry_seconds=settings.disk_slot_retry_seconds,
+                metrics=metrics,
+            )
+            worker_task = asyncio.create_task(worker.run())
+            log.info(
+                "worker started",
+                task_queue=settings.task_queue,
+                temporal=settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                temporal_connection=settings.temporal.describe(),
+                houyi=settings.houyi_url,
+                metrics_port=settings.worker_metrics_port,
+            )
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({worker_task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
             log.info("worker stopping")
-    await store.close()
+            if not worker_task.done():
+                await worker.shutdown()
+            await worker_task  # a worker that failed raises here: the process exits non-zero
+    finally:
+        stop.set()
+        await gauges
+        if ops_server is not None:
+            await ops_server.stop()
+        await store.close()
     log.info("worker stopped")
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"opsflow-worker: configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
     configure_logging(settings.log_level)
 
     async def _main() -> None:
@@ -237,7 +335,12 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await run(settings, stop)
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except StartupError as error:
+        log.error("worker cannot start", error=str(error))
+        print(f"opsflow-worker: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

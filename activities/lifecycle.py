@@ -18,6 +18,7 @@ from domain.model import NcBizStatus
 from domain.opscodes import OpsCode
 from houyi.errors import HouyiError
 from houyi.port import CallContext, HouyiPort
+from runtime.metrics import METRICS, ServiceMetrics
 from store.errors import StoreUnavailable
 from store.lifecycle import AdmissionDecision, AdmissionRequest, ApproverPolicy, LeaseResult
 from store.repository import OperationStore
@@ -89,10 +90,13 @@ class LifecycleActivities:
     """Store-backed lifecycle decisions. The Temporal client is injected to tell a stale lease (its
     workflow closed without releasing it, e.g. terminated) from a live one."""
 
-    def __init__(self, store: OperationStore, houyi: HouyiPort, client: Client) -> None:
+    def __init__(
+        self, store: OperationStore, houyi: HouyiPort, client: Client, metrics: ServiceMetrics = METRICS
+    ) -> None:
         self._lifecycle = store.lifecycle
         self._houyi = houyi
         self._client = client
+        self._metrics = metrics
 
     async def _store(self, call: Awaitable[T]) -> T:
         try:
@@ -142,7 +146,10 @@ class LifecycleActivities:
     @activity.defn(name="AdmitOperation")
     async def admit(self, request: AdmissionRequest) -> AdmissionDecision:
         """Flow control and the storm breaker, decided in one transaction; a retry replays the first decision."""
-        return await self._store(self._lifecycle.admit(request))
+        decision = await self._store(self._lifecycle.admit(request))
+        if not decision.replayed:
+            self._metrics.admissions.labels(request.opscode.value, decision.verdict.value).inc()
+        return decision
 
     @activity.defn(name="VoidAdmissions")
     async def void_admissions(self, request: VoidAdmissions) -> AdmissionsVoided:

@@ -39,6 +39,7 @@ from houyi.port import (
     VmProcess,
     VmStatusChange,
 )
+from runtime.metrics import METRICS, ServiceMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +59,11 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         recorder: CallRecorder | None = None,
         timeout_seconds: float = 10.0,
         session: aiohttp.ClientSession | None = None,
+        metrics: ServiceMetrics = METRICS,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._recorder = recorder
+        self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session = session
         self._owns_session = session is None
@@ -112,6 +115,8 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         latency_ms = (time.perf_counter() - started) * 1000
         if envelope is not None and not envelope.ok:
             failure = error_for(action.value, envelope.code, envelope.msg, envelope.request_id)
+        self._metrics.houyi_calls.labels(action.value, "ok" if failure is None else failure.error_type).inc()
+        self._metrics.houyi_latency.labels(action.value).observe(latency_ms / 1000)
         await self._record(
             HouyiCallRecord(
                 action=action.value,

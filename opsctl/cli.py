@@ -36,7 +36,7 @@ from domain.alerts import AlertRule
 from domain.maintenance import MaintenanceWindow
 from domain.operations import InputRefused, OpsState, describe_validation_error, parse_input
 from domain.opscodes import CATALOG, OpsCode
-from runtime.config import Settings
+from runtime.config import ConfigError, Settings
 from runtime.logging import configure_logging
 from runtime.temporal import connect
 from store.embedded import resolve_database_url
@@ -143,7 +143,7 @@ class Context:
     async def client(self) -> Client:
         if self._client is None:
             try:
-                self._client = await connect(self.settings.temporal_address, self.settings.temporal_namespace)
+                self._client = await connect(self.settings.temporal)
             except RuntimeError as error:
                 raise Failed(f"cannot reach Temporal at {self.settings.temporal_address}: {error}") from None
         return self._client
@@ -767,6 +767,8 @@ def main(argv: list[str] | None = None) -> None:
         leave(0)
     except UsageError as error:
         leave(2, str(error))
+    except ConfigError as error:
+        leave(2, f"configuration: {error}")
     except Failed as error:
         leave(1, str(error))
     except StoreError as error:

@@ -10,6 +10,11 @@ from typing import Any
 
 import structlog
 from temporalio import activity, workflow
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
 
 from domain.opscodes import CATALOG
 
@@ -79,3 +84,33 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     activity.logger.activity_info_on_message = False
     # aiohttp's access log would repeat every Houyi call; the call audit already keeps them.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# Fields of an activity's input that name where it acts; bound to every line the activity logs.
+_HOST_FIELDS = ("nc_ip", "nc_id", "hosts", "opscode", "disk_id")
+
+
+class _BindActivityInput(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        bound: dict[str, Any] = {}
+        for arg in input.args[:1]:
+            for field in _HOST_FIELDS:
+                value = getattr(arg, field, None)
+                if value is None or value == []:
+                    continue
+                if field == "hosts" and isinstance(value, list):
+                    bound["nc_ip"] = ",".join(str(host) for host in value)
+                elif field == "opscode":
+                    bound["opscode"] = getattr(value, "value", value)
+                else:
+                    bound[field] = str(value)
+        # Each activity runs in a task of its own, so these contextvars end with it.
+        with structlog.contextvars.bound_contextvars(**bound):
+            return await self.next.execute_activity(input)
+
+
+class LogContextInterceptor(Interceptor):
+    """Binds the host (``nc_ip``/``nc_id``), opscode and disk an activity works on to its log lines."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _BindActivityInput(next)

@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from runtime.config import Settings
+from runtime.config import ConfigError, Settings
 from runtime.logging import configure_logging
 from runtime.temporal import connect
 from starter.app import Intake
@@ -29,7 +29,7 @@ log = structlog.get_logger("intake")
 
 async def serve(settings: Settings, tokens: Tokens, host: str, port: int, stop: asyncio.Event) -> None:
     store = await OperationStore.connect(resolve_database_url(settings))
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    client = await connect(settings.temporal)
     intake = Intake(client, store, tokens, task_queue=settings.task_queue)
     runner = web.AppRunner(intake.app(), access_log=None)
     await runner.setup()
@@ -52,7 +52,11 @@ async def serve(settings: Settings, tokens: Tokens, host: str, port: int, stop: 
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"opsflow-intake: configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
     configure_logging(settings.log_level)
     tokens_file = os.environ.get("OPSFLOW_TOKENS_FILE", "").strip()
     if not tokens_file:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -137,6 +138,29 @@ class AuditRecord(AuditEntry):
     at: datetime
 
 
+@dataclass(frozen=True)
+class RecordedOperation:
+    record: OperationRecord
+    inserted: bool
+
+
+@dataclass(frozen=True)
+class StateMove:
+    """What ``move_operation`` did: ``previous_state`` None when nothing moved (a final state repeated)."""
+
+    record: OperationRecord
+    previous_state: OpsState | None
+    previous_since: datetime | None
+
+
+@dataclass(frozen=True)
+class OpenOperations:
+    opscode: str
+    state: str
+    open: int
+    oldest_seconds: float
+
+
 _OPERATION_COLUMNS = (
     "workflow_id, run_id, opscode, workflow_type, hosts, nc_ids, region_id, cluster_id, source, requester, "
     "reason_category, reason, ticket, settings, state, finished_at"
@@ -205,6 +229,10 @@ class OperationStore:
 
         Raises ``StoreConflict`` when that row belongs to another opscode: two operations would share an id.
         """
+        return (await self.record_operation_once(new)).record
+
+    async def record_operation_once(self, new: NewOperation) -> RecordedOperation:
+        """``record_operation``, telling whether this call inserted the row (metrics count a start once)."""
         doing = f"recording operation {new.workflow_id}"
         inserted = await self._fetchrow(
             doing,
@@ -233,7 +261,7 @@ class OperationStore:
             _FINAL_STATES,
         )
         if inserted is not None:
-            return _operation(inserted)
+            return RecordedOperation(record=_operation(inserted), inserted=True)
         # A retry, or a concurrent insert that won: this separate statement sees the committed row.
         existing = await self.get_operation(new.workflow_id)
         if existing is None:
@@ -244,7 +272,7 @@ class OperationStore:
                 f"not {new.opscode.value}",
                 constraint="operations_workflow_id_key",
             )
-        return existing
+        return RecordedOperation(record=existing, inserted=False)
 
     async def set_operation_state(
         self,
@@ -261,19 +289,36 @@ class OperationStore:
         is kept unless a new one is given. Once final, the row is frozen: repeating the same final state
         returns it unchanged (the first write's error and result stand), another state raises ``StoreConflict``.
         """
+        move = await self.move_operation(
+            workflow_id, state, error_type=error_type, error_message=error_message, result=result
+        )
+        return move.record
+
+    async def move_operation(
+        self,
+        workflow_id: str,
+        state: OpsState,
+        *,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> StateMove:
+        """``set_operation_state``, telling the state it left and since when (metrics: approval wait)."""
         doing = f"setting operation {workflow_id} to {state.value}"
         updated = await self._fetchrow(
             doing,
             """
-            UPDATE operations
+            UPDATE operations o
             SET state = $2,
                 error_type = $3,
                 error_message = $4,
-                result = COALESCE($5::jsonb, result),
+                result = COALESCE($5::jsonb, o.result),
                 updated_at = now(),
                 finished_at = CASE WHEN $2 = ANY($6::text[]) THEN now() END
-            WHERE workflow_id = $1 AND state <> ALL($6::text[])
-            RETURNING *
+            FROM (SELECT id, state AS previous_state, updated_at AS previous_since
+                  FROM operations WHERE workflow_id = $1 FOR UPDATE) p
+            WHERE o.id = p.id AND o.state <> ALL($6::text[])
+            RETURNING o.*, p.previous_state, p.previous_since
             """,
             workflow_id,
             state.value,
@@ -283,7 +328,11 @@ class OperationStore:
             _FINAL_STATES,
         )
         if updated is not None:
-            return _operation(updated)
+            return StateMove(
+                record=_operation(updated),
+                previous_state=OpsState(updated["previous_state"]),
+                previous_since=updated["previous_since"],
+            )
         current = await self.get_operation(workflow_id)
         if current is None:
             raise OperationNotFound(workflow_id)
@@ -291,7 +340,7 @@ class OperationStore:
             raise StoreConflict(
                 f"operation {workflow_id} already ended {current.state.value}; it cannot become {state.value}"
             )
-        return current
+        return StateMove(record=current, previous_state=None, previous_since=None)
 
     async def get_operation(self, workflow_id: str) -> OperationRecord | None:
         row = await self._fetchrow(
@@ -326,15 +375,16 @@ class OperationStore:
 
     # ---- audit ----------------------------------------------------------------------------------
 
-    async def record_audit(self, entry: AuditEntry) -> None:
-        """Appends the entry; one whose ``dedupe_key`` is already recorded is dropped silently."""
-        await self._execute(
+    async def record_audit(self, entry: AuditEntry) -> bool:
+        """Appends the entry; one whose ``dedupe_key`` is already recorded is dropped silently (False)."""
+        inserted = await self._fetchrow(
             f"recording audit entry {entry.action}",
             """
             INSERT INTO audit_log (at, workflow_id, opscode, nc_ip, action, result, error_type, error_message,
                                    request_id, params, operator, reason, ticket, dedupe_key)
             VALUES (COALESCE($1, now()), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
             ON CONFLICT (dedupe_key) DO NOTHING
+            RETURNING id
             """,
             entry.at,
             entry.workflow_id,
@@ -351,6 +401,7 @@ class OperationStore:
             entry.ticket,
             entry.dedupe_key,
         )
+        return inserted is not None
 
     async def list_audit(
         self, *, workflow_id: str | None = None, nc_ip: str | None = None
@@ -361,6 +412,32 @@ class OperationStore:
             "listing audit entries", f"SELECT * FROM audit_log {where} ORDER BY id", *args
         )
         return [AuditRecord.model_validate(dict(row)) for row in rows]
+
+    # ---- open operations (the worker's gauges) ------------------------------------------------
+
+    async def open_operations(self) -> list[OpenOperations]:
+        """Operations in a non-final state, per opscode and state, with the oldest one's time in it."""
+        rows = await self._fetch(
+            "summarising open operations",
+            """
+            SELECT opscode, state, count(*) AS open,
+                   EXTRACT(EPOCH FROM now() - min(updated_at))::float8 AS oldest_seconds
+            FROM operations WHERE finished_at IS NULL GROUP BY opscode, state
+            """,
+        )
+        return [
+            OpenOperations(
+                opscode=row["opscode"],
+                state=row["state"],
+                open=row["open"],
+                oldest_seconds=row["oldest_seconds"],
+            )
+            for row in rows
+        ]
+
+    async def ping(self) -> None:
+        """Raises ``StoreUnavailable`` unless the database answers."""
+        await self._fetchrow("checking the database", "SELECT 1")
 
     # ---- control-plane calls -----------------------------------------------------------------
 
