@@ -191,7 +191,10 @@ class StartupError(Exception):
 
 
 async def refresh_open_operations(
-    store: OperationStore, metrics: ServiceMetrics, stop: asyncio.Event
+    store: OperationStore,
+    metrics: ServiceMetrics,
+    stop: asyncio.Event,
+    every: float = OPEN_OPERATIONS_REFRESH_SECONDS,
 ) -> None:
     """Keeps the fleet-wide open-operation gauges current; a (opscode, state) that empties drops to 0."""
     shown: set[tuple[str, str]] = set()
@@ -210,7 +213,7 @@ async def refresh_open_operations(
                 metrics.operations_oldest.labels(opscode, state).set(0)
             shown |= now
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=OPEN_OPERATIONS_REFRESH_SECONDS)
+            await asyncio.wait_for(stop.wait(), timeout=every)
 
 
 async def ensure_namespace_setup(client: Client, settings: Settings) -> None:
@@ -234,7 +237,16 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: ServiceMetrics =
     sdk_metrics_port = loopback_port() if settings.worker_metrics_port else None
     runtime = runtime_with_prometheus(f"127.0.0.1:{sdk_metrics_port}") if sdk_metrics_port else None
     try:
-        client = await connect(settings.temporal, runtime=runtime)
+        client = await asyncio.wait_for(
+            connect(settings.temporal, runtime=runtime), timeout=settings.temporal_connect_timeout_seconds
+        )
+    except TimeoutError:
+        await store.close()
+        raise StartupError(
+            f"cannot reach Temporal at {settings.temporal_address} "
+            f"(namespace {settings.temporal_namespace}, {settings.temporal.describe()}): no connection within "
+            f"{settings.temporal_connect_timeout_seconds:g} s"
+        ) from None
     except RuntimeError as error:
         await store.close()
         raise StartupError(

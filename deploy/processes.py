@@ -487,10 +487,11 @@ class _WorkerPolling:
         return any(poller.identity.startswith(prefix) for poller in response.pollers)
 
 
-def worker(env: Mapping[str, str], *, log_dir: Path) -> ManagedProcess:
+def worker(env: Mapping[str, str], *, log_dir: Path, poll_address: str | None = None) -> ManagedProcess:
     """``python worker.py`` with ``env`` (see ``worker_env``) on top of this process's environment.
 
-    Ready: the worker polls its task queue.
+    Ready: the worker polls its task queue, as seen at ``poll_address`` (default: the worker's own
+    ``TEMPORAL_ADDRESS``; a test whose worker goes through a TLS front names the server behind it).
     """
     missing = [name for name in _WORKER_REQUIRED_ENV if not env.get(name)]
     if missing:
@@ -503,7 +504,7 @@ def worker(env: Mapping[str, str], *, log_dir: Path) -> ManagedProcess:
     )
     process.ready_check = _WorkerPolling(
         process,
-        env["TEMPORAL_ADDRESS"],
+        poll_address or env["TEMPORAL_ADDRESS"],
         env.get("TEMPORAL_NAMESPACE") or "default",
         env.get("OPSFLOW_TASK_QUEUE") or DEFAULT_TASK_QUEUE,
     )

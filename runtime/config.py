@@ -150,6 +150,8 @@ class Settings(BaseModel):
     data_dir: Path = Path("var")
     houyi_url: str = "http://127.0.0.1:8090"
     houyi_timeout_seconds: float = 10.0
+    # A worker that cannot reach Temporal at start exits (1) after this, so its supervisor restarts it.
+    temporal_connect_timeout_seconds: float = Field(default=30.0, gt=0)
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
     max_concurrent_activities: int = Field(default=100, ge=1)
     max_concurrent_workflow_tasks: int = Field(default=100, ge=1)
@@ -226,6 +228,7 @@ ENV_NAMES = {
     "data_dir": "OPSFLOW_DATA_DIR",
     "houyi_url": "HOUYI_URL",
     "houyi_timeout_seconds": "HOUYI_TIMEOUT_SECONDS",
+    "temporal_connect_timeout_seconds": "TEMPORAL_CONNECT_TIMEOUT_SECONDS",
     "worker_metrics_port": "WORKER_METRICS_PORT",
     "max_concurrent_activities": "WORKER_MAX_CONCURRENT_ACTIVITIES",
     "max_concurrent_workflow_tasks": "WORKER_MAX_CONCURRENT_WORKFLOW_TASKS",

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from domain.opscodes import OpsCode
+
+# store.lifecycle.AdmissionVerdict's values (tests/test_worker_metrics.py checks they agree).
+ADMISSION_VERDICTS = ("admitted", "abandoned", "held_for_approval")
+
 # Operations take from seconds (a lock) to a day (a deep offline waiting for its window).
 _OPERATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, 259200)
 _HOUYI_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -69,6 +74,11 @@ class ServiceMetrics:
             ["opscode", "verdict"],
             registry=r,
         )
+        # A labelled counter appears only once incremented, and ``increase()`` misses its first event:
+        # the rare verdicts (abandoned, held) exist at 0 from the start, so an alert over them sees the first.
+        for opscode in OpsCode:
+            for verdict in ADMISSION_VERDICTS:
+                self.admissions.labels(opscode.value, verdict)
         self.approval_wait = Histogram(
             "opsflow_approval_wait_seconds",
             "Time an operation waited in PendingApproval, by the state it left to",

@@ -11,13 +11,11 @@ from runtime.config import TemporalConnection
 
 
 def runtime_with_prometheus(bind_address: str) -> Runtime:
-    """A runtime that serves the SDK's own metrics on ``bind_address`` (``host:port``), durations in seconds
-    as Prometheus names them."""
-    return Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=bind_address, durations_as_seconds=True)
-        )
-    )
+    """A runtime that serves the SDK's own metrics on ``bind_address`` (``host:port``).
+
+    Durations stay in the SDK's default milliseconds: deploy/prometheus/alerts.yml and the dashboard read
+    ``temporal_*_latency`` in ms."""
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind_address)))
 
 
 async def connect(

@@ -131,6 +131,8 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.alerts = Counter("opsflow_intake_alerts", "Alerts by outcome", ["outcome"], registry=registry)
+        for outcome in AlertOutcome:  # at 0 from the start, so an alert rule's increase() sees the first one
+            self.alerts.labels(outcome.value)
 
 
 class Intake:

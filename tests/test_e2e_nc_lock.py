@@ -96,9 +96,12 @@ async def test_the_readme_cli_example_locks_a_host(
             if entry.get("event") == event and entry.get("workflow_id") == workflow_id
         )
         assert line["opscode"] == "0x410A01" and line["nc_ip"] == nc["nc_ip"], line
+        assert line["run_id"] and line["workflow_id"] == workflow_id, line
 
 
-async def test_the_worker_serves_sdk_metrics(stack: Stack, admin: SimulatorAdmin) -> None:
+async def test_the_worker_serves_its_metrics_and_the_sdks_on_one_port_with_health(
+    stack: Stack, admin: SimulatorAdmin
+) -> None:
     nc = await admin.first_nc("free")
     client = await Client.connect(stack.address, data_converter=pydantic_data_converter)
     await client.execute_workflow(
@@ -107,11 +110,31 @@ async def test_the_worker_serves_sdk_metrics(stack: Stack, admin: SimulatorAdmin
         id=f"0x410A01-{uuid.uuid4()}",
         task_queue=stack.task_queue,
     )
-    url = f"http://127.0.0.1:{stack.env['WORKER_METRICS_PORT']}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        body = await response.text()
-    assert response.status == 200
+    base = f"http://127.0.0.1:{stack.env['WORKER_METRICS_PORT']}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/metrics") as response:
+            body = await response.text()
+            assert response.status == 200
+        for probe in ("healthz", "readyz"):
+            async with session.get(f"{base}/{probe}") as answer:
+                assert answer.status == 200, (probe, await answer.text())
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line and not line.startswith("#")
+    }
+    # The SDK's series (task slots, completions) and ours, from one scrape.
     assert "temporal_workflow_completed" in body and 'workflow_type="NcLock"' in body
+    assert any(name.startswith("temporal_worker_task_slots_available{") for name in samples)
+    assert samples['opsflow_operations_started_total{opscode="0x410A01",source="manual"}'] == 1
+    assert samples['opsflow_operations_finished_total{opscode="0x410A01",state="Succeeded"}'] == 1
+    assert samples['opsflow_operation_duration_seconds_count{opscode="0x410A01",state="Succeeded"}'] == 1
+    assert samples['opsflow_admission_decisions_total{opscode="0x410A01",verdict="admitted"}'] == 1
+    assert samples['opsflow_houyi_calls_total{action="lock_nc",result="ok"}'] == 1
+    assert samples['opsflow_houyi_call_duration_seconds_count{action="lock_nc"}'] == 1
+    # Low cardinality: no host address or workflow id in any of our label values.
+    ours = [name for name in samples if name.startswith("opsflow_")]
+    assert not [name for name in ours if nc["nc_ip"] in name or "0x410A01-" in name]
 
 
 async def test_a_worker_killed_during_the_lock_call_locks_exactly_once(
