@@ -12,9 +12,12 @@ so every worker reports the same fleet-wide figure (aggregate them with ``max``,
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from domain.opscodes import OpsCode
+
+# The *_created series double every counter's series for a start time Prometheus does not need.
+disable_created_metrics()
 
 # store.lifecycle.AdmissionVerdict's values (tests/test_worker_metrics.py checks they agree).
 ADMISSION_VERDICTS = ("admitted", "abandoned", "held_for_approval")

@@ -23,7 +23,14 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from pydantic import BaseModel, Field, ValidationError
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
@@ -113,6 +120,10 @@ def workflows_by_opscode() -> dict[OpsCode, Workflow]:
         if isinstance(cls, type) and issubclass(cls, OperationWorkflow):
             found[cls.OPSCODE] = Workflow(CATALOG[cls.OPSCODE].workflow_type, cls.INPUT)
     return found
+
+
+# The *_created series double every counter's series for a start time Prometheus does not need.
+disable_created_metrics()
 
 
 class Metrics:

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.evacuation",
     "tests.fixtures.disks",
     "tests.fixtures.intake",
+    "tests.fixtures.debian",
 ]

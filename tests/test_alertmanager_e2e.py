@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,21 +20,6 @@ from tests.fixtures.intake import IntakeUnderTest
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
-
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-
-
-@pytest.fixture(scope="session")
-def alertmanager_binary() -> str:
-    if not Path(ALERTMANAGER).exists():
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "prometheus-alertmanager"],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    assert shutil.which(ALERTMANAGER), f"{ALERTMANAGER} is not installed"
-    return ALERTMANAGER
 
 
 def config(intake: IntakeUnderTest) -> str:

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "opsflow-dashboard.json"
-PROMTOOL = "/usr/bin/promtool"
 
 # Every metric the rules and the dashboard may name, by the name a query uses, with its kind (a histogram
 # is queried as <name>_bucket, _sum and _count). A later test compares this with what a live worker and
@@ -204,19 +201,6 @@ def promtool_run(promtool: str, *args: str | Path, cwd: Path = ROOT) -> subproce
     return subprocess.run(
         [promtool, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
-
-
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    if not Path(PROMTOOL).exists():
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    assert shutil.which(PROMTOOL), f"{PROMTOOL} is not installed"
-    return PROMTOOL
 
 
 # ---- the rules ---------------------------------------------------------------------------------------------
