@@ -16,7 +16,10 @@ CLUSTER = SearchAttributeKey.for_keyword("Cluster")
 OPS_STATE = SearchAttributeKey.for_keyword("OpsState")
 REQUESTER = SearchAttributeKey.for_keyword("Requester")
 
-ALL = (OPS_CODE, NC_IP, REGION, CLUSTER, OPS_STATE, REQUESTER)
+# The step running, or the one that failed (set by operations started on code with the OPS_STEP patch).
+OPS_STEP = SearchAttributeKey.for_keyword("OpsStep")
+
+ALL = (OPS_CODE, NC_IP, REGION, CLUSTER, OPS_STATE, REQUESTER, OPS_STEP)
 
 
 def cli_flags() -> list[str]:

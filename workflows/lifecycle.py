@@ -59,6 +59,8 @@ T = TypeVar("T")
 
 # workflow.patched ids: changes made while operations run (tests/test_replay.py replays the older histories).
 VOID_UNEXECUTED_ADMISSIONS = "void-unexecuted-admissions"
+# The OpsStep search attribute follows the step running (or failed): "which operations wait at PowerCycle?"
+OPS_STEP_SEARCH_ATTRIBUTE = "ops-step-search-attribute"
 
 # How long a failed step waits for an operator before the operation ends as failed.
 STEP_FAILED_TIMEOUT = timedelta(hours=24)
@@ -1070,6 +1072,11 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         hosts = self._hosts()
         if hosts:
             attributes.append(sa.NC_IP.value_set(hosts[0]))
+        current = next(
+            (step.name for step in reversed(self.status.steps) if step.status is not StepStatus.PENDING), None
+        )
+        if current is not None and workflow.patched(OPS_STEP_SEARCH_ATTRIBUTE):
+            attributes.append(sa.OPS_STEP.value_set(current))
         workflow.upsert_search_attributes(attributes)
         workflow.set_current_details(self.status.markdown())
 
