@@ -487,20 +487,30 @@ class _WorkerPolling:
         return any(poller.identity.startswith(prefix) for poller in response.pollers)
 
 
-def worker(env: Mapping[str, str], *, log_dir: Path, poll_address: str | None = None) -> ManagedProcess:
+def worker(
+    env: Mapping[str, str],
+    *,
+    log_dir: Path,
+    poll_address: str | None = None,
+    root: Path = REPO_ROOT,
+    name: str = "worker",
+) -> ManagedProcess:
     """``python worker.py`` with ``env`` (see ``worker_env``) on top of this process's environment.
 
     Ready: the worker polls its task queue, as seen at ``poll_address`` (default: the worker's own
     ``TEMPORAL_ADDRESS``; a test whose worker goes through a TLS front names the server behind it).
+    ``root``: the source tree to run (an upgrade test runs an older release's tree beside this one).
     """
     missing = [name for name in _WORKER_REQUIRED_ENV if not env.get(name)]
     if missing:
         raise ValueError(f"worker environment lacks {', '.join(missing)}")
     process = ManagedProcess(
-        "worker",
-        [sys.executable, str(REPO_ROOT / "worker.py")],
-        log_path=log_dir / "worker.log",
-        env=env,
+        name,
+        [sys.executable, str(root / "worker.py")],
+        log_path=log_dir / f"{name}.log",
+        # The tree's own packages first: the installed (editable) ones are this checkout's.
+        env={**env, "PYTHONPATH": str(root)} if root != REPO_ROOT else env,
+        cwd=root,
     )
     process.ready_check = _WorkerPolling(
         process,
