@@ -10,6 +10,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -216,19 +217,30 @@ async def refresh_open_operations(
             await asyncio.wait_for(stop.wait(), timeout=every)
 
 
-async def ensure_namespace_setup(client: Client, settings: Settings) -> None:
+@dataclass(frozen=True)
+class NamespaceSetup:
+    added_search_attributes: list[str]
+    schedule: str  # "created", "updated", "off", or "not checked: <why>" for the search attributes
+
+
+async def ensure_namespace_setup(client: Client, settings: Settings) -> NamespaceSetup:
     """Search attributes and the recycle Schedule, created or brought in line: safe at every start."""
+    added: list[str] = []
     try:
         added = await search_attributes.ensure_registered(client, settings.temporal_namespace)
-        log.info("search attributes checked", added=added)
+        log.info("search attributes checked", added=added, namespace=settings.temporal_namespace)
     except RPCError as error:
         # A namespace we may not administer (e.g. a hosted one): its operators register them.
         log.warning("cannot check search attributes", error=str(error))
+    schedule = "off"
     if settings.recycle_schedule.strip().lower() != "off":
-        done = await ensure_recycle_schedule(client, settings.task_queue, settings.recycle_schedule)
+        schedule = await ensure_recycle_schedule(client, settings.task_queue, settings.recycle_schedule)
         log.info(
-            "disk recycle schedule " + done, schedule_id=RECYCLE_SCHEDULE_ID, cron=settings.recycle_schedule
+            "disk recycle schedule " + schedule,
+            schedule_id=RECYCLE_SCHEDULE_ID,
+            cron=settings.recycle_schedule,
         )
+    return NamespaceSetup(added_search_attributes=added, schedule=schedule)
 
 
 async def run(settings: Settings, stop: asyncio.Event, metrics: ServiceMetrics = METRICS) -> None:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from temporalio.client import Client
@@ -128,12 +129,26 @@ def test_the_worker_process_refuses_a_bad_configuration_with_exit_2_and_no_trace
     assert "Traceback" not in completed.stderr and API_KEY not in completed.stdout + completed.stderr
 
 
+DB_PASSWORD = "pw-7Hq2-not-for-logs"
+
+
+def with_password(url: str) -> tuple[str, str]:
+    """The URL with a password (the local servers trust their clients, so any works), and that password."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    user = parts.username or "postgres"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{DB_PASSWORD}@{host}")), DB_PASSWORD
+
+
 @pytest.fixture
 async def seeded_database(database_url: str) -> str:
-    seeding = await OperationStore.connect(database_url)
+    url, _ = with_password(database_url)
+    seeding = await OperationStore.connect(url)
     await seed_dev_approvers(seeding)
     await seeding.close()
-    return database_url
+    return url
 
 
 def lock_input(nc_ip: str) -> dict[str, Any]:
@@ -217,4 +232,10 @@ async def test_a_worker_with_client_certificates_runs_operations_through_a_mutua
         completed.stderr
     )
     assert API_KEY not in completed.stdout + completed.stderr
-    assert API_KEY not in worker.log_path.read_text()
+    # No secret in the worker's log: the API key, the database password, the client key.
+    log_text = worker.log_path.read_text()
+    password = urlsplit(seeded_database).password
+    assert password and password not in log_text and password not in completed.stdout + completed.stderr
+    assert API_KEY not in log_text
+    key_body = pki.client_key.read_text().splitlines()[1]
+    assert key_body not in log_text
