@@ -14,6 +14,8 @@ import json
 import sys
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,29 @@ def lock_input(nc_ip: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
+@asynccontextmanager
+async def recording_setup() -> AsyncIterator[tuple[WorkflowEnvironment, OperationStore, str]]:
+    """The time-skipping server with our search attributes, a fresh database with the dev approvers, and a
+    task queue: what every group of recordings runs on."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=installed_binary("temporal-test-server"),
+    )
+    await search_attributes.register(env.client)
+    server_url = start_embedded_postgres(TEST_DATA_DIR)
+    database = f"record_{uuid.uuid4().hex}"
+    store = await OperationStore.connect(server_url)
+    await store.pool.execute(f'CREATE DATABASE "{database}"')
+    await store.close()
+    store = await OperationStore.connect(url_with_database(server_url, database))
+    await seed_dev_approvers(store)
+    try:
+        yield env, store, f"record-{uuid.uuid4()}"
+    finally:
+        await store.close()
+        await env.shutdown()
+
+
 async def record(
     client: Client,
     task_queue: str,
@@ -87,98 +112,86 @@ async def record(
 
 
 async def main() -> None:
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=installed_binary("temporal-test-server"),
-    )
-    await search_attributes.register(env.client)
-    simulator = await start_simulator(speed=1000)
-    admin = SimulatorAdmin(simulator.url)
-    server_url = start_embedded_postgres(TEST_DATA_DIR)
-    database = f"record_{uuid.uuid4().hex}"
-    store = await OperationStore.connect(server_url)
-    await store.pool.execute(f'CREATE DATABASE "{database}"')
-    await store.close()
-    store = await OperationStore.connect(url_with_database(server_url, database))
-    await seed_dev_approvers(store)
-    task_queue = f"record-{uuid.uuid4()}"
-    try:
-        async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
-            async with build_worker(
-                env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05
-            ):
-                free = await admin.first_nc("free")
-                locked = await admin.first_nc("mlock")
-                await record(env.client, task_queue, "nc_lock_succeeded", lock_input(free["nc_ip"]))
-                await record(
-                    env.client, task_queue, "nc_lock_refused_wrong_status", lock_input(locked["nc_ip"])
-                )
-                await record(
-                    env.client, task_queue, "nc_lock_refused_invalid_input", lock_input("10.1.2.999")
-                )
-                other = await admin.first_nc("free", exclude={free["nc_ip"]})
-                await admin.inject(action="lock_nc", code=409, message="nc is mlock, cannot lock", count=1)
-                await record(env.client, task_queue, "nc_lock_failed_lock_race", lock_input(other["nc_ip"]))
+    async with recording_setup() as (env, store, task_queue):
+        simulator = await start_simulator(speed=1000)
+        admin = SimulatorAdmin(simulator.url)
+        try:
+            async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
+                async with build_worker(
+                    env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05
+                ):
+                    free = await admin.first_nc("free")
+                    locked = await admin.first_nc("mlock")
+                    await record(env.client, task_queue, "nc_lock_succeeded", lock_input(free["nc_ip"]))
+                    await record(
+                        env.client, task_queue, "nc_lock_refused_wrong_status", lock_input(locked["nc_ip"])
+                    )
+                    await record(
+                        env.client, task_queue, "nc_lock_refused_invalid_input", lock_input("10.1.2.999")
+                    )
+                    other = await admin.first_nc("free", exclude={free["nc_ip"]})
+                    await admin.inject(
+                        action="lock_nc", code=409, message="nc is mlock, cannot lock", count=1
+                    )
+                    await record(
+                        env.client, task_queue, "nc_lock_failed_lock_race", lock_input(other["nc_ip"])
+                    )
 
-                approve = (
-                    OpsState.PENDING_APPROVAL,
-                    "approve",
-                    ApprovalInput(approver="approver1", comment="ok"),
-                )
-                reject = (
-                    OpsState.PENDING_APPROVAL,
-                    "reject",
-                    ApprovalInput(approver="approver2", comment="no"),
-                )
-                reboot = {"reason_category": "hang", "settings": {"needDumpCn": 1}}
-                first = await admin.first_nc("free", exclude={free["nc_ip"], other["nc_ip"]})
-                await record(
-                    env.client, task_queue, "nc_forced_reboot_succeeded", lock_input(first["nc_ip"], **reboot),
-                    workflow_type="NcForcedReboot", signals=[approve],
-                )  # fmt: skip
-                second = await admin.first_nc("free", exclude={free["nc_ip"], other["nc_ip"], first["nc_ip"]})
-                await record(
-                    env.client, task_queue, "nc_forced_reboot_abandoned", lock_input(second["nc_ip"], **reboot),
-                    workflow_type="NcForcedReboot",
-                )  # fmt: skip
-                third = [
-                    nc
-                    for nc in await admin.ncs()
-                    if nc["biz_status"] == "free" and nc["region_id"] != first["region_id"]
-                ][0]
-                await record(
-                    env.client, task_queue, "nc_forced_reboot_rejected", lock_input(third["nc_ip"], **reboot),
-                    workflow_type="NcForcedReboot", signals=[reject],
-                )  # fmt: skip
-                down = [nc["nc_ip"] for nc in await admin.ncs() if nc["biz_status"] == "nc_down"][:2]
-                await admin.inject(action="set_nc_status", code=500, message="control plane busy", count=5)
-                retry = (OpsState.STEP_FAILED, "retry_step", StepCommandInput(operator="admin"))
-                await record(
-                    env.client, task_queue, "nc_re_online_step_retried",
-                    {"nc_ips": down, "requester": "alice", "reason_category": "hang", "settings": {"parallel": 1}},
-                    workflow_type="NcReOnline", signals=[approve, retry],
-                )  # fmt: skip
-    finally:
-        await store.close()
-        await simulator.stop()
-        await env.shutdown()
+                    approve = (
+                        OpsState.PENDING_APPROVAL,
+                        "approve",
+                        ApprovalInput(approver="approver1", comment="ok"),
+                    )
+                    reject = (
+                        OpsState.PENDING_APPROVAL,
+                        "reject",
+                        ApprovalInput(approver="approver2", comment="no"),
+                    )
+                    reboot = {"reason_category": "hang", "settings": {"needDumpCn": 1}}
+                    first = await admin.first_nc("free", exclude={free["nc_ip"], other["nc_ip"]})
+                    await record(
+                        env.client, task_queue, "nc_forced_reboot_succeeded", lock_input(first["nc_ip"], **reboot),
+                        workflow_type="NcForcedReboot", signals=[approve],
+                    )  # fmt: skip
+                    second = await admin.first_nc(
+                        "free", exclude={free["nc_ip"], other["nc_ip"], first["nc_ip"]}
+                    )
+                    await record(
+                        env.client, task_queue, "nc_forced_reboot_abandoned", lock_input(second["nc_ip"], **reboot),
+                        workflow_type="NcForcedReboot",
+                    )  # fmt: skip
+                    third = [
+                        nc
+                        for nc in await admin.ncs()
+                        if nc["biz_status"] == "free" and nc["region_id"] != first["region_id"]
+                    ][0]
+                    await record(
+                        env.client, task_queue, "nc_forced_reboot_rejected", lock_input(third["nc_ip"], **reboot),
+                        workflow_type="NcForcedReboot", signals=[reject],
+                    )  # fmt: skip
+                    down = [nc["nc_ip"] for nc in await admin.ncs() if nc["biz_status"] == "nc_down"][:2]
+                    await admin.inject(
+                        action="set_nc_status", code=500, message="control plane busy", count=5
+                    )
+                    retry = (OpsState.STEP_FAILED, "retry_step", StepCommandInput(operator="admin"))
+                    await record(
+                        env.client, task_queue, "nc_re_online_step_retried",
+                        {"nc_ips": down, "requester": "alice", "reason_category": "hang", "settings": {"parallel": 1}},
+                        workflow_type="NcReOnline", signals=[approve, retry],
+                    )  # fmt: skip
+        finally:
+            await simulator.stop()
 
 
 async def main_evacuations(only: list[str]) -> None:
     """The evacuation workflows, on ``simulator.evacuation_fleet`` (one fleet per recording)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=installed_binary("temporal-test-server"),
-    )
-    await search_attributes.register(env.client)
-    server_url = start_embedded_postgres(TEST_DATA_DIR)
-    database = f"record_{uuid.uuid4().hex}"
-    store = await OperationStore.connect(server_url)
-    await store.pool.execute(f'CREATE DATABASE "{database}"')
-    await store.close()
-    store = await OperationStore.connect(url_with_database(server_url, database))
-    await seed_dev_approvers(store)
-    task_queue = f"record-{uuid.uuid4()}"
+    async with recording_setup() as (env, store, task_queue):
+        await _record_evacuations(env, store, task_queue, only)
+
+
+async def _record_evacuations(
+    env: WorkflowEnvironment, store: OperationStore, task_queue: str, only: list[str]
+) -> None:
     approve = (OpsState.PENDING_APPROVAL, "approve", ApprovalInput(approver="approver1", comment="ok"))
     fleet_dir = Path(tempfile.mkdtemp())
 
@@ -196,80 +209,70 @@ async def main_evacuations(only: list[str]) -> None:
         path.write_text(json.dumps(build_evacuation_fleet(vm_count, **options)))
         return await start_simulator(path, speed=1000)
 
-    try:
-        for name, vm_count, options, workflow_type, raw, signals, setup in (
-            ("nc_deep_offline_succeeded", 6, {"ineligible": 2}, "NcDeepOffline", deep_offline(), [approve], "dirty"),
-            ("nc_deep_offline_cold_waited_for_window", 3, {}, "NcDeepOfflineCold", deep_offline(), [approve], "window"),
-            ("nc_deep_offline_stuck_corrected", 2, {}, "NcDeepOffline", deep_offline(needLimit=0), [approve], "stuck"),
-            ("whole_host_migration_relaunched", 4, {"stopped": 1, "ineligible": 1}, "WholeHostMigration",
-             {**deep_offline(), "settings": {"parallel": 2}}, [approve], "relaunch"),
-            ("vm_residue_cleanup_destroyed", 2, {}, "VmResidueCleanup",
-             {**deep_offline(), "settings": {"preLock": 0}}, [approve], "residue"),
-            ("wild_vm_cleanup_swept", 2, {}, "WildVmCleanup",
-             {"cluster_id": CLUSTER, "requester": "alice", "reason_category": "internal_reboot",
-              "settings": {"parallel": 2}}, [approve], "residue"),
-        ):  # fmt: skip
-            if only and name not in only:
-                continue
-            simulator = await on_fleet(name, vm_count, memory_choices=(4,), **options)
-            admin = SimulatorAdmin(simulator.url)
-            windows = MaintenanceWindowStore.of(store)
-            await windows.remove_windows(CLUSTER)
-            first_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[0]
-            last_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[-1]
-            extra: list[tuple[OpsState, str, BaseModel]] = list(signals)
-            if setup == "window":
-                opens = datetime.now(UTC) + timedelta(days=1)
-                await windows.set_window(
-                    MaintenanceWindow(cluster_id=CLUSTER, weekday=opens.weekday(), start=opens.time().replace(microsecond=0), duration_minutes=120)
-                )  # fmt: skip
-            else:
-                await seed_dev_windows(store, [CLUSTER])
-            if setup == "dirty":
-                await admin.patch_vm(last_vm, dirty_rate_mbps=200)
-            if setup == "stuck":
-                await admin.inject(action="live_migrate_vm", kind="stuck", vm_name=first_vm, count=1)
-                extra.append((OpsState.STEP_FAILED, "correct_migration",
-                              CorrectMigrationSignal(operator="admin", vm_id=first_vm, where=SOURCE_NC_ID)))  # fmt: skip
-            if setup == "residue":
-                elsewhere = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-full"))[0]
-                await admin._request("POST", "/admin/residues", {"nc_id": SOURCE_NC_ID, "vm_id": elsewhere})
-            if setup == "relaunch":
-                await admin.inject(
-                    action="cold_migrate_vm", code=500, message="scheduler down", vm_name=first_vm, count=5
-                )
-                extra.append((OpsState.STEP_FAILED, "relaunch", StepCommandInput(operator="admin")))
-            try:
-                async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
-                    async with build_worker(
-                        env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05,
-                        migration_poll_seconds=0.02, time_scale=0.001,
-                    ):  # fmt: skip
-                        await record(
-                            env.client, task_queue, name, raw, workflow_type=workflow_type, signals=extra
-                        )
-            finally:
-                await simulator.stop()
-    finally:
-        await store.close()
-        await env.shutdown()
+    for name, vm_count, options, workflow_type, raw, signals, setup in (
+        ("nc_deep_offline_succeeded", 6, {"ineligible": 2}, "NcDeepOffline", deep_offline(), [approve], "dirty"),
+        ("nc_deep_offline_cold_waited_for_window", 3, {}, "NcDeepOfflineCold", deep_offline(), [approve], "window"),
+        ("nc_deep_offline_stuck_corrected", 2, {}, "NcDeepOffline", deep_offline(needLimit=0), [approve], "stuck"),
+        ("whole_host_migration_relaunched", 4, {"stopped": 1, "ineligible": 1}, "WholeHostMigration",
+         {**deep_offline(), "settings": {"parallel": 2}}, [approve], "relaunch"),
+        ("vm_residue_cleanup_destroyed", 2, {}, "VmResidueCleanup",
+         {**deep_offline(), "settings": {"preLock": 0}}, [approve], "residue"),
+        ("wild_vm_cleanup_swept", 2, {}, "WildVmCleanup",
+         {"cluster_id": CLUSTER, "requester": "alice", "reason_category": "internal_reboot",
+          "settings": {"parallel": 2}}, [approve], "residue"),
+    ):  # fmt: skip
+        if only and name not in only:
+            continue
+        simulator = await on_fleet(name, vm_count, memory_choices=(4,), **options)
+        admin = SimulatorAdmin(simulator.url)
+        windows = MaintenanceWindowStore.of(store)
+        await windows.remove_windows(CLUSTER)
+        first_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[0]
+        last_vm = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-evac"))[-1]
+        extra: list[tuple[OpsState, str, BaseModel]] = list(signals)
+        if setup == "window":
+            opens = datetime.now(UTC) + timedelta(days=1)
+            await windows.set_window(
+                MaintenanceWindow(cluster_id=CLUSTER, weekday=opens.weekday(), start=opens.time().replace(microsecond=0), duration_minutes=120)
+            )  # fmt: skip
+        else:
+            await seed_dev_windows(store, [CLUSTER])
+        if setup == "dirty":
+            await admin.patch_vm(last_vm, dirty_rate_mbps=200)
+        if setup == "stuck":
+            await admin.inject(action="live_migrate_vm", kind="stuck", vm_name=first_vm, count=1)
+            extra.append((OpsState.STEP_FAILED, "correct_migration",
+                          CorrectMigrationSignal(operator="admin", vm_id=first_vm, where=SOURCE_NC_ID)))  # fmt: skip
+        if setup == "residue":
+            elsewhere = sorted(vm for vm in simulator.fleet.vms if vm.startswith("i-full"))[0]
+            await admin._request("POST", "/admin/residues", {"nc_id": SOURCE_NC_ID, "vm_id": elsewhere})
+        if setup == "relaunch":
+            await admin.inject(
+                action="cold_migrate_vm", code=500, message="scheduler down", vm_name=first_vm, count=5
+            )
+            extra.append((OpsState.STEP_FAILED, "relaunch", StepCommandInput(operator="admin")))
+        try:
+            async with HttpHouyiClient(simulator.url, recorder=store) as houyi:
+                async with build_worker(
+                    env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05,
+                    migration_poll_seconds=0.02, time_scale=0.001,
+                ):  # fmt: skip
+                    await record(
+                        env.client, task_queue, name, raw, workflow_type=workflow_type, signals=extra
+                    )
+        finally:
+            await simulator.stop()
 
 
 async def main_disks(only: list[str]) -> None:
     """Disk live migration and disk recycle (issue 5), on ``simulator.disk_fleet``."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=installed_binary("temporal-test-server"),
-    )
-    await search_attributes.register(env.client)
-    server_url = start_embedded_postgres(TEST_DATA_DIR)
-    database = f"record_{uuid.uuid4().hex}"
-    store = await OperationStore.connect(server_url)
-    await store.pool.execute(f'CREATE DATABASE "{database}"')
-    await store.close()
-    store = await OperationStore.connect(url_with_database(server_url, database))
-    await seed_dev_approvers(store)
-    task_queue = f"record-{uuid.uuid4()}"
+    async with recording_setup() as (env, store, task_queue):
+        await _record_disks(env, store, task_queue, only)
+
+
+async def _record_disks(
+    env: WorkflowEnvironment, store: OperationStore, task_queue: str, only: list[str]
+) -> None:
     approve: tuple[OpsState, str, BaseModel] = (
         OpsState.PENDING_APPROVAL,
         "approve",
@@ -305,8 +308,35 @@ async def main_disks(only: list[str]) -> None:
                         )
     finally:
         await simulator.stop()
-        await store.close()
-        await env.shutdown()
+
+
+async def main_production(only: list[str]) -> None:
+    """Issue 7: a reboot whose power cycle fails and is retried, on code with the OpsStep patch (its marker
+    and the OpsStep upserts are in this history)."""
+    async with recording_setup() as (env, store, task_queue):
+        simulator = await start_simulator(speed=1000)
+        admin = SimulatorAdmin(simulator.url)
+        try:
+            async with (
+                HttpHouyiClient(simulator.url, recorder=store) as houyi,
+                build_worker(env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05),
+            ):
+                host = await admin.first_nc("free")
+                # One more failure than the activity's 5 attempts would be two operator rounds; 5 is one.
+                await admin.inject(action="oob_power_cycle", code=500, message="bmc down", count=5)
+                name = "nc_forced_reboot_step_retried_with_ops_step"
+                if not only or name in only:
+                    await record(
+                        env.client, task_queue, name,
+                        lock_input(host["nc_ip"], reason_category="hang", settings={"needDumpCn": 0}),
+                        workflow_type="NcForcedReboot",
+                        signals=[
+                            (OpsState.PENDING_APPROVAL, "approve", ApprovalInput(approver="approver1", comment="ok")),
+                            (OpsState.STEP_FAILED, "retry_step", StepCommandInput(operator="admin")),
+                        ],
+                    )  # fmt: skip
+        finally:
+            await simulator.stop()
 
 
 if __name__ == "__main__":
@@ -316,5 +346,8 @@ if __name__ == "__main__":
         asyncio.run(main_evacuations(sys.argv[2:]))
     elif sys.argv[1:2] == ["disks"]:
         asyncio.run(main_disks(sys.argv[2:]))
+    elif sys.argv[1:2] == ["production"]:
+        # ``production [NAME ...]``: issue 7's (the OpsStep patch).
+        asyncio.run(main_production(sys.argv[2:]))
     else:
         asyncio.run(main())
