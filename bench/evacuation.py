@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -26,17 +25,13 @@ from pathlib import Path
 
 import aiohttp
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from deploy.processes import find_binary, free_port, houyi_simulator
+from bench.harness import dev_server, fresh_database_url
+from deploy.processes import free_port, houyi_simulator
 from domain.evacuation import lpt_makespan, makespan_lower_bound
 from domain.operations import OperationResult, OpsState
 from houyi.http_client import HttpHouyiClient
-from runtime import search_attributes
 from simulator.evacuation_fleet import CLUSTER, SOURCE_IP, build_evacuation_fleet
-from store.db import url_with_database
-from store.embedded import start_embedded_postgres
 from store.lifecycle import StormBreaker
 from store.repository import OperationStore
 from store.seed import seed_dev_approvers, seed_dev_windows
@@ -146,18 +141,8 @@ async def evacuate(
 
 async def main() -> None:
     began = time.monotonic()
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=find_binary("temporal"),
-        search_attributes=list(search_attributes.ALL),
-        dev_server_log_level="error",
-    )
-    server = os.environ.get("DATABASE_URL") or start_embedded_postgres(Path("var/bench"))
-    store = await OperationStore.connect(server)
-    database = f"bench_{uuid.uuid4().hex}"
-    await store.pool.execute(f'CREATE DATABASE "{database}"')
-    await store.close()
-    store = await OperationStore.connect(url_with_database(server, database))
+    env = await dev_server()
+    store = await OperationStore.connect(await fresh_database_url())
     await seed_dev_approvers(store)
     await seed_dev_windows(store, [CLUSTER])
     # A dozen automatic deep offlines in one cluster within the hour is a storm by default (held for

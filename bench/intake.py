@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import secrets
 import tempfile
@@ -25,16 +24,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from deploy.processes import find_binary, free_port
-from runtime import search_attributes
+from bench.harness import dev_server, fresh_database_url
+from deploy.processes import free_port
 from runtime.logging import configure_logging
 from starter.app import Intake
 from starter.auth import Tokens
-from store.db import url_with_database
-from store.embedded import start_embedded_postgres
 from store.repository import OperationStore
 
 DISTINCT = 1000
@@ -108,18 +103,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def main(token: str, tokens_file: Path) -> None:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=find_binary("temporal"),
-        search_attributes=list(search_attributes.ALL),
-        dev_server_log_level="error",
-    )
-    server = os.environ.get("DATABASE_URL") or start_embedded_postgres(Path("var/bench"))
-    admin = await OperationStore.connect(server)
-    database = f"bench_{uuid.uuid4().hex}"
-    await admin.pool.execute(f'CREATE DATABASE "{database}"')
-    await admin.close()
-    store = await OperationStore.connect(url_with_database(server, database))
+    env = await dev_server()
+    store = await OperationStore.connect(await fresh_database_url())
     task_queue = f"bench-intake-{uuid.uuid4()}"
     intake = Intake(env.client, store, Tokens.load(tokens_file), task_queue=task_queue)
     runner = web.AppRunner(intake.app(), access_log=None)
