@@ -307,6 +307,7 @@ class Intake:
         rule = rule_for(alert, rules)
         if rule is None:
             return await settle(AlertOutcome.UNMAPPED, f"no alert rule maps {alert.name!r}")
+        bound = bound.bind(opscode=rule.opscode.value)  # settle() logs with what is known by then
         workflow = self.workflows.get(rule.opscode)
         if workflow is None:
             return await settle(
@@ -318,6 +319,7 @@ class Intake:
             host = host_of(alert, rule)
         except ValueError as error:
             return await settle(AlertOutcome.REFUSED, str(error), rule=rule.name)
+        bound = bound.bind(nc_ip=host)
         summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
         raw = {
             **_hosts_field(workflow, [host]),
@@ -447,6 +449,7 @@ class Intake:
                 "manual report",
                 workflow_id=workflow_id,
                 opscode=opscode.value,
+                nc_ip=",".join(group),
                 requester=requester,
                 outcome=outcome,
             )

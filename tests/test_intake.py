@@ -321,5 +321,9 @@ async def test_no_token_reaches_a_log_line(
     captured = capsys.readouterr()
     logged = captured.out + captured.err + caplog.text
     assert "alert handled" in logged and "manual report" in logged  # the intake did log
+    # Each line about an operation names it, its opscode and its host.
+    handled = next(line for line in logged.splitlines() if "alert handled" in line)
+    for field, value in (("workflow_id", f"0x400012-{host}"), ("opscode", "0x400012"), ("nc_ip", host)):
+        assert f"{field}={value}" in handled or f'"{field}": "{value}"' in handled, (field, handled)
     for token in [*intake.tokens.values(), "wrong-token-123456789"]:
         assert token not in logged
