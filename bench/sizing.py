@@ -1,0 +1,575 @@
+"""Sizing the workers: operations per second per worker, and memory per 1,000 open workflows.
+
+    .venv/bin/python -m bench.sizing            # writes bench/results/sizing.md
+
+Everything real, on this machine: the Temporal dev server, PostgreSQL (the embedded server, or
+``DATABASE_URL``), the Houyi simulator as its own process (2,200 empty hosts in 110 clusters of 20, at
+``SPEED`` times real time) and the workers as their own processes (``python worker.py``, as deployed).
+
+(a) Throughput. A fixed batch of quick operations, 100 hosts each locked (``NcLock`` 0x410A01) then unlocked
+(``NcUnlock``), 200 operations, all hosts at once, run once by 1 worker and once by 3 workers (fresh hosts
+and task queue each time). Wall time from the first start to the last result; printed: operations/s, per
+worker, the ratio 3 workers / 1 worker, how busy the machine was (all cores, /proc/stat) and where the CPU
+went, per operation: workers, dev server, PostgreSQL, simulator, this client (/proc/<pid>/stat). On a small
+machine they all share the cores, and the ratio says how far adding workers helps there.
+
+(b) Memory. One worker; forced reboots (0x400012, ``needLimit`` 0 so that flow control lets all through;
+manual reports need approval) are started on distinct hosts and wait in ``PendingApproval``: the
+workflows stay open, each in the worker's sticky cache (``max_cached_workflows``, temporalio's default
+1,000, which ``worker.py`` does not change). The worker's RSS (``VmRSS`` of /proc/<pid>/status) is sampled
+after 20 open (warm: code loaded), after 1,000 and after 2,000; the SDK's own gauge
+``temporal_sticky_cache_size`` says how many are cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from deploy import processes
+from domain.operations import OperationResult, OpsState
+from domain.opscodes import OpsCode
+from runtime import search_attributes
+from store.db import url_with_database
+from store.embedded import start_embedded_postgres
+from store.lifecycle import CapacityGuard
+from store.repository import OperationStore
+from store.seed import seed_dev_approvers
+
+SPEED = 1000.0
+CLUSTERS = 110
+HOSTS_PER_CLUSTER = 20
+BATCH_HOSTS = 100  # (a): each locked then unlocked: 200 operations
+WARM_OPEN = 20
+OPEN_STEPS = (1000, 2000)  # (b)
+STARTERS = 20  # concurrent start_workflow calls
+RESULTS = Path(__file__).parent / "results" / "sizing.md"
+COMMAND = ".venv/bin/python -m bench.sizing"
+DEFAULT_MAX_CACHED = 1000  # temporalio.worker.Worker(max_cached_workflows=...) default
+COMPONENTS = ("worker processes", "dev server", "PostgreSQL", "simulator", "bench client")
+
+
+def fleet() -> dict[str, Any]:
+    clusters = [f"ECS-CPU-S-{7000 + c}" for c in range(CLUSTERS)]
+    return {
+        "name": "sizing",
+        "settings": {"power_settle_seconds": 100},
+        "regions": [{"region_id": "cn-qd-d01", "zones": ["cn-qd-d01-a"]}],
+        "clusters": [
+            {"cluster_id": cluster, "region_id": "cn-qd-d01", "zone_id": "cn-qd-d01-a", "kind": "CPU"}
+            for cluster in clusters
+        ],
+        "ncs": [
+            {
+                "nc_id": f"{7000 + c}-{i + 1}",
+                "nc_ip": host_ip(c * HOSTS_PER_CLUSTER + i),
+                "hostname": f"sizing-{c}-{i}",
+                "sn": f"SN7{c:03d}{i:02d}",
+                "cluster_id": cluster,
+                "cpu_model": "Intel(R) Xeon(R) Platinum 8269CY",
+                "software_version": "houyi-3.3.8",
+                "vcpu_total": 96,
+                "memory_gib_total": 384,
+            }
+            for c, cluster in enumerate(clusters)
+            for i in range(HOSTS_PER_CLUSTER)
+        ],
+    }
+
+
+def host_ip(index: int) -> str:
+    return f"10.70.{index // 200}.{index % 200 + 10}"
+
+
+def request(nc_ip: str, **settings: Any) -> dict[str, Any]:
+    return {
+        "nc_ip": nc_ip,
+        "requester": "alice",
+        "reason_category": "hardware",
+        "reason": "bench.sizing",
+        "ticket": "CHG-7000",
+        **({"settings": settings} if settings else {}),
+    }
+
+
+# ---- /proc --------------------------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def dev_server_pid(port: int) -> int | None:
+    """The ``temporal server start-dev`` listening on ``port`` (the SDK starts it and keeps its pid)."""
+    for pid in all_pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"start-dev" in argv and str(port).encode() in argv:
+            return pid
+    return None
+
+
+def postgres_pids(postmaster: int | None) -> list[int]:
+    """The postmaster and its children (one backend per pooled connection, and the background workers)."""
+    if postmaster is None:
+        return []
+    children = []
+    for pid in all_pids():
+        try:
+            if ppid(pid) == postmaster:
+                children.append(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return [postmaster, *children]
+
+
+class CpuMeter:
+    """CPU seconds that groups of processes used between ``start`` and ``stop`` (a process gone by then
+    counts up to its last sample; one started meanwhile counts from zero)."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._before: dict[str, dict[int, float]] = {}
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        sampled: dict[str, dict[int, float]] = {}
+        for name, pids in self.groups.items():
+            sampled[name] = {}
+            for pid in pids():
+                try:
+                    sampled[name][pid] = cpu_seconds(pid)
+                except (OSError, IndexError, ValueError):
+                    continue
+        return sampled
+
+    def start(self) -> None:
+        self._before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        return {
+            name: sum(
+                seconds - self._before.get(name, {}).get(pid, 0.0) for pid, seconds in after[name].items()
+            )
+            for name in self.groups
+        }
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+# ---- the stack ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    client: Client
+    address: str
+    database_url: str
+    houyi_url: str
+    log_dir: Path
+    dev_server: int | None
+    postmaster: int | None
+    simulator: int | None
+
+    def worker(self, task_queue: str, name: str) -> processes.ManagedProcess:
+        env = processes.worker_env(
+            temporal_address=self.address,
+            database_url=self.database_url,
+            houyi_url=self.houyi_url,
+            metrics_port=processes.free_port(),
+            task_queue=task_queue,
+            power_poll_seconds=0.2,
+            simulator_speed=SPEED,
+        )
+        env["OPSFLOW_RECYCLE_SCHEDULE"] = "off"
+        return processes.worker(env, log_dir=self.log_dir / name)
+
+
+async def start_all(
+    client: Client, task_queue: str, jobs: list[tuple[str, str, dict[str, Any]]]
+) -> list[Any]:
+    """Starts (workflow type, id, input) jobs, ``STARTERS`` at a time; their handles."""
+    gate = asyncio.Semaphore(STARTERS)
+
+    async def one(workflow_type: str, workflow_id: str, raw: dict[str, Any]) -> Any:
+        async with gate:
+            return await client.start_workflow(
+                workflow_type, raw, id=workflow_id, task_queue=task_queue, result_type=OperationResult
+            )
+
+    return await asyncio.gather(*(one(*job) for job in jobs))
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.5)
+
+
+# ---- (a) throughput ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    workers: int
+    operations: int
+    seconds: float
+    cpu: dict[str, float]  # CPU seconds by component
+    machine_busy: float
+
+    @property
+    def rate(self) -> float:
+        return self.operations / self.seconds
+
+    @property
+    def busy_ms_per_operation(self) -> float:
+        return self.machine_busy * self.seconds * (os.cpu_count() or 1) / self.operations * 1000
+
+    @property
+    def elsewhere(self) -> float:
+        busy = self.machine_busy * self.seconds * (os.cpu_count() or 1)
+        return max(0.0, busy - sum(self.cpu.values()))
+
+
+async def throughput(stack: Stack, workers: int, first_host: int) -> Throughput:
+    task_queue = f"sizing-{workers}w-{uuid.uuid4().hex[:8]}"
+    started = [stack.worker(task_queue, f"throughput-{workers}w-{n}").start() for n in range(workers)]
+    try:
+        await asyncio.gather(*(w.wait_ready(timeout=120) for w in started))
+        pids = [w.pid for w in started if w.pid is not None]
+        hosts = [host_ip(first_host + i) for i in range(BATCH_HOSTS)]
+        results: list[OperationResult] = []
+
+        async def chain(nc_ip: str) -> None:
+            for workflow_type, opscode in (
+                ("NcLock", OpsCode.NC_LOCK),
+                ("NcUnlock", OpsCode.AUTO_UNLOCK_AFTER_LOCK),
+            ):
+                handle = await stack.client.start_workflow(
+                    workflow_type,
+                    request(nc_ip),
+                    id=f"{opscode.value}-{nc_ip}-{task_queue}",
+                    task_queue=task_queue,
+                    result_type=OperationResult,
+                )
+                results.append(await handle.result())
+
+        meter = CpuMeter(
+            {
+                "worker processes": lambda: pids,
+                "dev server": lambda: [stack.dev_server] if stack.dev_server else [],
+                "PostgreSQL": lambda: postgres_pids(stack.postmaster),
+                "simulator": lambda: [stack.simulator] if stack.simulator else [],
+                "bench client": lambda: [os.getpid()],
+            }
+        )
+        meter.start()
+        busy_before, total_before = machine_ticks()
+        began = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(chain(ip) for ip in hosts)), 300)
+        seconds = time.monotonic() - began
+        busy_after, total_after = machine_ticks()
+        cpu = meter.stop()
+    finally:
+        for worker in started:
+            await asyncio.to_thread(worker.terminate)
+    bad = [r.workflow_id for r in results if r.state is not OpsState.SUCCEEDED]
+    if len(results) != 2 * BATCH_HOSTS or bad:
+        raise SystemExit(f"{workers} worker(s): {len(results)} results, not succeeded: {bad[:5]}")
+    return Throughput(
+        workers=workers,
+        operations=len(results),
+        seconds=seconds,
+        cpu=cpu,
+        machine_busy=(busy_after - busy_before) / max(1, total_after - total_before),
+    )
+
+
+# ---- (b) memory ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemorySample:
+    open_workflows: int
+    rss_mib: float
+    cached: int | None
+    seconds_to_open: float
+
+
+async def sticky_cache_size(metrics_url: str) -> int | None:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
+            text = await response.text()
+    except aiohttp.ClientError:
+        return None
+    values = [float(v) for v in re.findall(r"^temporal_sticky_cache_size(?:\{[^}]*\})? (\S+)$", text, re.M)]
+    return int(sum(values)) if values else None
+
+
+async def memory(stack: Stack, first_host: int) -> tuple[float, list[MemorySample]]:
+    task_queue = f"sizing-memory-{uuid.uuid4().hex[:8]}"
+    worker = stack.worker(task_queue, "memory")
+    metrics_url = f"http://127.0.0.1:{worker.env_overrides['WORKER_METRICS_PORT']}/metrics"
+    worker.start()
+    samples: list[MemorySample] = []
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await worker.wait_ready(timeout=120)
+        assert worker.pid is not None
+        idle = rss_mib(worker.pid)
+        opened = 0
+        for target in (WARM_OPEN, *OPEN_STEPS):
+            jobs = [
+                (
+                    "NcForcedReboot",
+                    f"{OpsCode.NC_FORCED_REBOOT.value}-{host_ip(first_host + i)}-{task_queue}",
+                    request(host_ip(first_host + i), needLimit=0, needDumpCn=0, preLock=0),
+                )
+                for i in range(opened, target)
+            ]
+            began = time.monotonic()
+            await start_all(stack.client, task_queue, jobs)
+
+            async def all_pending(target: int = target) -> bool:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM operations WHERE state = $1 AND workflow_id LIKE $2",
+                    OpsState.PENDING_APPROVAL.value,
+                    f"%-{task_queue}",
+                )
+                return bool(count == target)
+
+            await wait_until(all_pending, 600, f"{target} operations pending approval")
+            seconds = time.monotonic() - began
+            opened = target
+            await asyncio.sleep(5)  # the last workflow tasks complete, the worker settles
+            samples.append(
+                MemorySample(target, rss_mib(worker.pid), await sticky_cache_size(metrics_url), seconds)
+            )
+            print(
+                f"  {target} open: RSS {samples[-1].rss_mib:.0f} MiB, cached {samples[-1].cached}", flush=True
+            )
+    finally:
+        await conn.close()
+        await asyncio.to_thread(worker.terminate)
+    return idle, samples
+
+
+def postmaster_pid(url: str) -> int | None:
+    """The embedded server's postmaster (first line of postmaster.pid in its socket directory)."""
+    found = re.search(r"host=([^&]+)", url)
+    pid_file = Path(found.group(1)) / "postmaster.pid" if found else None
+    if pid_file is None or not pid_file.exists():
+        return None  # DATABASE_URL names a server elsewhere
+    return int(pid_file.read_text().splitlines()[0])
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+
+
+async def main(workdir: Path) -> None:
+    load_before = os.getloadavg()[0]
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=processes.find_binary("temporal"),
+        search_attributes=list(search_attributes.ALL),
+        dev_server_log_level="error",
+    )
+    server = os.environ.get("DATABASE_URL") or start_embedded_postgres(Path("var/bench"))
+    database = f"bench_sizing_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    await admin.close()
+    database_url = url_with_database(server, database)
+    store = await OperationStore.connect(database_url)  # migrates
+    await seed_dev_approvers(store)
+    # A lock takes a host out of service: locking 100 hosts at once would trip the capacity guard.
+    await store.lifecycle.set_capacity_guard(CapacityGuard(cluster_id="*", enabled=False), updated_by="bench")
+    await store.close()
+    fleet_path = workdir / "sizing-fleet.json"
+    fleet_path.write_text(json.dumps(fleet()))
+    port = processes.free_port()
+    simulator = processes.houyi_simulator(port, SPEED, fleet_path, log_dir=workdir / "logs").start()
+    began = time.monotonic()
+    try:
+        await simulator.wait_ready(timeout=60)
+        address = env.client.service_client.config.target_host
+        stack = Stack(
+            client=env.client,
+            address=address,
+            database_url=database_url,
+            houyi_url=f"http://127.0.0.1:{port}",
+            log_dir=workdir / "logs",
+            dev_server=dev_server_pid(int(address.rsplit(":", 1)[1])),
+            postmaster=postmaster_pid(server),
+            simulator=simulator.pid,
+        )
+        print("(a) throughput: 200 operations (100 hosts locked then unlocked)", flush=True)
+        one = await throughput(stack, 1, 0)
+        print(f"  1 worker: {one.rate:.1f} ops/s", flush=True)
+        three = await throughput(stack, 3, BATCH_HOSTS)
+        print(f"  3 workers: {three.rate:.1f} ops/s ({three.rate / 3:.1f} per worker)", flush=True)
+        print("(b) memory: forced reboots waiting for approval on one worker", flush=True)
+        idle, samples = await memory(stack, 2 * BATCH_HOSTS)
+    finally:
+        simulator.terminate()
+        await env.shutdown()
+        admin = await asyncpg.connect(server)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+    write_results(one, three, idle, samples, time.monotonic() - began, load_before)
+
+
+def write_results(
+    one: Throughput,
+    three: Throughput,
+    idle: float,
+    samples: list[MemorySample],
+    seconds: float,
+    load_before: float,
+) -> None:
+    warm, *steps = samples
+    per_thousand = [
+        (s.rss_mib - prev.rss_mib) / (s.open_workflows - prev.open_workflows) * 1000
+        for prev, s in zip(samples, samples[1:], strict=False)
+    ]
+    first = steps[0]
+    cores = os.cpu_count()
+    lines = [
+        "# Worker sizing (bench/sizing.py)",
+        "",
+        f"`{COMMAND}` on {cores} cores; dev server, PostgreSQL, simulator (speed {SPEED:g}) and the "
+        f"workers (`python worker.py`, default settings) all on this machine. Whole run {seconds:.0f} s.",
+        "",
+        "## Throughput: operations per second per worker",
+        "",
+        f"{one.operations} quick operations: {BATCH_HOSTS} hosts, each `NcLock` (0x410A01) then `NcUnlock` "
+        "(0x4000A000000007), all hosts at once; wall time from the first start to the last result.",
+        "",
+        "| workers | wall (s) | operations/s | per worker | machine CPU busy (all cores) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        *[
+            f"| {t.workers} | {t.seconds:.1f} | {t.rate:.1f} | {t.rate / t.workers:.1f} | {t.machine_busy:.0%} |"
+            for t in (one, three)
+        ],
+        "",
+        f"3 workers / 1 worker: **{three.rate / one.rate:.2f}x** the operations per second.",
+        "",
+        "Where the CPU went, in CPU milliseconds per operation (user + system, /proc/<pid>/stat; "
+        "*elsewhere* is the machine's busy time not in these processes: other load on the machine):",
+        "",
+        f"| run | {' | '.join(COMPONENTS)} | elsewhere | total |",
+        f"| --- | {' | '.join('---:' for _ in COMPONENTS)} | ---: | ---: |",
+        *[
+            f"| {t.workers} worker{'s' if t.workers > 1 else ''} "
+            f"| {' | '.join(f'{t.cpu[c] / t.operations * 1000:.0f}' for c in COMPONENTS)} "
+            f"| {t.elsewhere / t.operations * 1000:.0f} | {t.busy_ms_per_operation:.0f} |"
+            for t in (one, three)
+        ],
+        "",
+        f"Reading: one operation costs about {one.busy_ms_per_operation:.0f} ms of CPU on this machine in all, "
+        f"{one.cpu['worker processes'] / one.operations * 1000:.0f} ms of it in the worker, so {cores} cores "
+        f"carry at most about {(cores or 1) * 1000 / one.busy_ms_per_operation:.0f} operations/s however many "
+        "workers share them: more workers on the same cores only add their own overhead. With the dev server "
+        "and PostgreSQL on other machines, a worker process (one Python interpreter: one core at most) "
+        f"carries about {1000 / (one.cpu['worker processes'] / one.operations * 1000):.0f} operations/s per core "
+        "it gets; size the worker count from that, and the Temporal server from its own share.",
+        "",
+        "## Memory per 1,000 open workflows",
+        "",
+        "One worker; `NcForcedReboot` (0x400012, `needLimit` 0) on distinct hosts, each waiting in "
+        "`PendingApproval` (the workflow is open and, up to `max_cached_workflows`, kept in the worker's "
+        "sticky cache). RSS is `VmRSS` of the worker process; cached is the SDK gauge "
+        "`temporal_sticky_cache_size`.",
+        "",
+        "| open workflows | worker RSS (MiB) | cached | seconds to open them |",
+        "| ---: | ---: | ---: | ---: |",
+        f"| 0 (idle, ready) | {idle:.0f} | 0 | |",
+        *[
+            f"| {s.open_workflows} | {s.rss_mib:.0f} | {s.cached if s.cached is not None else 'n/a'} "
+            f"| {s.seconds_to_open:.0f} |"
+            for s in samples
+        ],
+        "",
+        f"- **{per_thousand[0]:.0f} MiB per 1,000 open workflows** ({warm.open_workflows} → "
+        f"{first.open_workflows}, all cached).",
+    ]
+    if len(steps) > 1:
+        second = steps[1]
+        lines.append(
+            f"- {per_thousand[1]:.0f} MiB per 1,000 from {first.open_workflows} to {second.open_workflows}, the "
+            f"cache holding {second.cached if second.cached is not None else 'n/a'}: beyond "
+            f"`max_cached_workflows` (temporalio's default {DEFAULT_MAX_CACHED:,}; `worker.py` does not change it) "
+            "the worker evicts the least recently used workflow instead of keeping it; an evicted workflow "
+            "keeps no state in the worker and is replayed from its history when a signal (an approval) or a "
+            "timer next wakes it. What RSS still gains there is churn (the allocator does not hand freed "
+            "memory back), not state."
+        )
+    bound = idle + per_thousand[0] * DEFAULT_MAX_CACHED / 1000
+    lines += [
+        "",
+        f"Reading: a worker with the default cache needs about {idle:.0f} MiB idle + {per_thousand[0]:.0f} MiB "
+        f"per 1,000 cached workflows, so about **{bound:.0f} MiB** once {DEFAULT_MAX_CACHED:,} operations are "
+        "open, however many more are open beyond that: those cost a history replay (CPU, latency) when they "
+        "wake, not memory. A larger `max_cached_workflows` trades that memory for fewer replays.",
+        "",
+        f"Machine load average (1 min) when the run began: {load_before:.2f}; other processes on the machine "
+        "count in *machine CPU busy* and *elsewhere*.",
+        "",
+    ]
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def run() -> None:
+    if shutil.which("temporal") is None and not (Path(sys.executable).parent / "temporal").exists():
+        raise SystemExit("the temporal CLI is not installed: run `make venv`")
+    with tempfile.TemporaryDirectory(prefix="bench-sizing-") as tmp:
+        asyncio.run(main(Path(tmp)))
+
+
+if __name__ == "__main__":
+    run()
