@@ -33,6 +33,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.evacuation
 	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.sizing
 
 clean:
 	rm -rf $(VENV) var

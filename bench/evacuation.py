@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 from temporalio.client import Client
 
-from bench.harness import dev_server, fresh_database_url
+from bench.harness import dev_server, fresh_database
 from deploy.processes import free_port, houyi_simulator
 from domain.evacuation import lpt_makespan, makespan_lower_bound
 from domain.operations import OperationResult, OpsState
@@ -142,7 +142,7 @@ async def evacuate(
 async def main() -> None:
     began = time.monotonic()
     env = await dev_server()
-    store = await OperationStore.connect(await fresh_database_url())
+    store = await OperationStore.connect((await fresh_database()).url)
     await seed_dev_approvers(store)
     await seed_dev_windows(store, [CLUSTER])
     # A dozen automatic deep offlines in one cluster within the hour is a storm by default (held for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -28,13 +29,32 @@ async def dev_server() -> WorkflowEnvironment:
     )
 
 
-async def fresh_database_url(prefix: str = "bench") -> str:
-    """A new, empty database (migrated on first connect) for one run."""
+@dataclass(frozen=True)
+class BenchDatabase:
+    """A database of one run on ``server``; migrated by the first store that connects."""
+
+    server: str
+    name: str
+
+    @property
+    def url(self) -> str:
+        return url_with_database(self.server, self.name)
+
+    async def drop(self) -> None:
+        admin = await OperationStore.connect(self.server)
+        try:
+            await admin.pool.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def fresh_database(prefix: str = "bench") -> BenchDatabase:
+    """A new, empty database for one run, on ``DATABASE_URL`` or the embedded server."""
     server = os.environ.get("DATABASE_URL") or start_embedded_postgres(BENCH_DATA_DIR)
+    database = BenchDatabase(server, f"{prefix}_{uuid.uuid4().hex}")
     admin = await OperationStore.connect(server)
-    database = f"{prefix}_{uuid.uuid4().hex}"
     try:
-        await admin.pool.execute(f'CREATE DATABASE "{database}"')
+        await admin.pool.execute(f'CREATE DATABASE "{database.name}"')
     finally:
         await admin.close()
-    return url_with_database(server, database)
+    return database

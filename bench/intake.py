@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from temporalio.client import Client
 
-from bench.harness import dev_server, fresh_database_url
+from bench.harness import dev_server, fresh_database
 from deploy.processes import free_port
 from runtime.logging import configure_logging
 from starter.app import Intake
@@ -104,7 +104,7 @@ def percentile(values: list[float], share: float) -> float:
 
 async def main(token: str, tokens_file: Path) -> None:
     env = await dev_server()
-    store = await OperationStore.connect(await fresh_database_url())
+    store = await OperationStore.connect((await fresh_database()).url)
     task_queue = f"bench-intake-{uuid.uuid4()}"
     intake = Intake(env.client, store, Tokens.load(tokens_file), task_queue=task_queue)
     runner = web.AppRunner(intake.app(), access_log=None)

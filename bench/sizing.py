@@ -40,15 +40,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
+from bench.harness import dev_server, fresh_database
 from deploy import processes
 from domain.operations import OperationResult, OpsState
 from domain.opscodes import OpsCode
-from runtime import search_attributes
-from store.db import url_with_database
-from store.embedded import start_embedded_postgres
 from store.lifecycle import CapacityGuard
 from store.repository import OperationStore
 from store.seed import seed_dev_approvers
@@ -411,18 +407,9 @@ def postmaster_pid(url: str) -> int | None:
 
 async def main(workdir: Path) -> None:
     load_before = os.getloadavg()[0]
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=processes.find_binary("temporal"),
-        search_attributes=list(search_attributes.ALL),
-        dev_server_log_level="error",
-    )
-    server = os.environ.get("DATABASE_URL") or start_embedded_postgres(Path("var/bench"))
-    database = f"bench_sizing_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    await admin.close()
-    database_url = url_with_database(server, database)
+    env = await dev_server()
+    database = await fresh_database("bench_sizing")
+    database_url = database.url
     store = await OperationStore.connect(database_url)  # migrates
     await seed_dev_approvers(store)
     # A lock takes a host out of service: locking 100 hosts at once would trip the capacity guard.
@@ -443,7 +430,7 @@ async def main(workdir: Path) -> None:
             houyi_url=f"http://127.0.0.1:{port}",
             log_dir=workdir / "logs",
             dev_server=dev_server_pid(int(address.rsplit(":", 1)[1])),
-            postmaster=postmaster_pid(server),
+            postmaster=postmaster_pid(database.server),
             simulator=simulator.pid,
         )
         print("(a) throughput: 200 operations (100 hosts locked then unlocked)", flush=True)
@@ -456,9 +443,7 @@ async def main(workdir: Path) -> None:
     finally:
         simulator.terminate()
         await env.shutdown()
-        admin = await asyncpg.connect(server)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+        await database.drop()
     write_results(one, three, idle, samples, time.monotonic() - began, load_before)
 
 
