@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint typecheck bench clean
+.PHONY: venv run test test-full test-reliability lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is needed" >&2; exit 1; }
@@ -22,6 +22,14 @@ run: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything, with the reliability suite's full matrices (longer than CI's budget).
+test-full: lint typecheck
+	OPSFLOW_RELIABILITY=full $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The reliability suite alone, full.
+test-reliability: $(STAMP)
+	OPSFLOW_RELIABILITY=full $(BIN)/python -m pytest -q -p no:cacheprovider -m reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
