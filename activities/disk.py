@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import from_houyi, store_unavailable
+from activities.errors import from_houyi, store_rejected, store_unavailable
 from activities.heartbeat import heartbeating, heartbeats
 from domain import errors
 from domain.disk import RecycleCandidate, RecycleOutcome, RecycleTaskReport, StorageCluster
@@ -32,7 +32,7 @@ from houyi.port import (
     StorageToolsPort,
 )
 from store.disk import DiskStore, RecycleRecord, SlotClaim
-from store.errors import StoreUnavailable
+from store.errors import StoreError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -164,6 +164,8 @@ class DiskActivities:
             )
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         if holder is None:
             return DiskLeaseResult(acquired=True)
         return DiskLeaseResult(
@@ -176,6 +178,8 @@ class DiskActivities:
             return await self._store.release_disk(disk_id=request.disk_id, workflow_id=request.workflow_id)
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
 
     @activity.defn(name="ClaimDiskCopySlot")
     async def claim_copy_slot(self, request: SlotInput) -> SlotResult:
@@ -185,6 +189,8 @@ class DiskActivities:
             )
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         return SlotResult(**claim.model_dump(), retry_after_seconds=self._slot_retry_seconds)
 
     @activity.defn(name="SnapshotDisk")
@@ -357,6 +363,8 @@ class DiskActivities:
             raise from_houyi(error) from None
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         bound.info("disk source recycled")
         return await self._settle(
             request, report(RecycleOutcome.RECYCLED, "source deleted, task recycled", 0)
@@ -379,4 +387,6 @@ class DiskActivities:
             )
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         return outcome

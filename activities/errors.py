@@ -31,3 +31,11 @@ def from_houyi(error: HouyiError, *, delay_scale: float = 1.0) -> ApplicationErr
 
 def store_unavailable(error: Exception) -> ApplicationError:
     return ApplicationError(f"operation store unavailable: {error}", type=errors.STORE_UNAVAILABLE)
+
+
+def store_rejected(error: Exception) -> ApplicationError:
+    """The database refused the data itself (a value it cannot hold, a limit): a retry would fail the same way,
+    so the activity fails at once instead of spinning."""
+    return ApplicationError(
+        f"operation store rejected the write: {error}", type=errors.STORE_REJECTED, non_retryable=True
+    )

@@ -12,14 +12,14 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.errors import from_houyi, store_unavailable
+from activities.errors import from_houyi, store_rejected, store_unavailable
 from domain import errors
 from domain.model import NcBizStatus
 from domain.opscodes import OpsCode
 from houyi.errors import HouyiError
 from houyi.port import CallContext, HouyiPort
 from runtime.metrics import METRICS, ServiceMetrics
-from store.errors import StoreUnavailable
+from store.errors import StoreConflict, StoreError, StoreUnavailable
 from store.lifecycle import AdmissionDecision, AdmissionRequest, ApproverPolicy, LeaseResult
 from store.repository import OperationStore
 
@@ -103,6 +103,11 @@ class LifecycleActivities:
             return await call
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreConflict as error:
+            # A race on a lease or an admission row (another operation won in between): trying again decides.
+            raise ApplicationError(str(error), type=errors.STORE_CONFLICT) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
 
     @activity.defn(name="LoadOperationPolicy")
     async def load_policy(self, request: PolicyRequest) -> OperationPolicy:

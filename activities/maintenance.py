@@ -6,9 +6,9 @@ import structlog
 from pydantic import AwareDatetime, BaseModel
 from temporalio import activity
 
-from activities.errors import store_unavailable
+from activities.errors import store_rejected, store_unavailable
 from domain.maintenance import MaintenanceWindow, WindowState, window_state
-from store.errors import StoreUnavailable
+from store.errors import StoreError, StoreUnavailable
 from store.maintenance import MaintenanceWindowStore
 
 log = structlog.get_logger(__name__)
@@ -42,6 +42,8 @@ class MaintenanceActivities:
             windows = await self._windows.windows_for(query.cluster_id)
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         state = window_state(windows, query.at)
         log.info(
             "maintenance window read",

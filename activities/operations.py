@@ -8,11 +8,11 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import store_unavailable
+from activities.errors import store_rejected, store_unavailable
 from domain import errors
 from domain.operations import OpsState
 from runtime.metrics import METRICS, OPERATOR_ACTIONS, ServiceMetrics
-from store.errors import StoreConflict, StoreUnavailable
+from store.errors import StoreConflict, StoreError, StoreUnavailable
 from store.repository import AuditEntry, AuditResult, NewOperation, OperationStore, StateMove
 
 
@@ -51,6 +51,8 @@ class OperationActivities:
             raise store_unavailable(error) from None
         except StoreConflict as error:
             raise ApplicationError(str(error), type=errors.STORE_CONFLICT, non_retryable=True) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         record = recorded.record
         if recorded.inserted:
             self._metrics.operations_started.labels(record.opscode.value, record.source.value).inc()
@@ -71,6 +73,8 @@ class OperationActivities:
             raise store_unavailable(error) from None
         except StoreConflict as error:
             raise ApplicationError(str(error), type=errors.STORE_CONFLICT, non_retryable=True) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         self._observe_move(move)
         return OperationRef(operation_id=move.record.id, state=move.record.state)
 
@@ -80,6 +84,8 @@ class OperationActivities:
             inserted = await self._store.record_audit(entry)
         except StoreUnavailable as error:
             raise store_unavailable(error) from None
+        except StoreError as error:
+            raise store_rejected(error) from None
         if inserted:
             self._observe_audit(entry)
         return AuditRecorded(dedupe_key=entry.dedupe_key)

@@ -72,3 +72,4 @@ OPERATION_FAILED: Final = "OperationFailed"
 # Store.
 STORE_UNAVAILABLE: Final = "StoreUnavailable"
 STORE_CONFLICT: Final = "StoreConflict"
+STORE_REJECTED: Final = "StoreRejected"

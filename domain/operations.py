@@ -229,6 +229,26 @@ class InputRefused(ValueError):
         super().__init__(message)
 
 
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """The path of the first string (value or key) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return (path or "input") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = _nul_path(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One clause per problem, naming the field by its path as the caller typed it."""
     problems = []
@@ -251,6 +271,10 @@ def parse_input(model: type[ModelT], raw: Any) -> ModelT:
         return raw
     if not isinstance(raw, dict):
         raise InputRefused(errors.INVALID_INPUT, f"input must be a JSON object, got {type(raw).__name__}")
+    nul = _nul_path(raw)
+    if nul is not None:
+        # PostgreSQL cannot keep a NUL in text: refuse it here, naming where, rather than fail at the store.
+        raise InputRefused(errors.INVALID_INPUT, f"invalid {model.__name__}: {nul} contains a NUL character")
     try:
         return model.model_validate(raw)
     except ValidationError as error:

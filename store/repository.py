@@ -377,6 +377,8 @@ class OperationStore:
 
     async def record_audit(self, entry: AuditEntry) -> bool:
         """Appends the entry; one whose ``dedupe_key`` is already recorded is dropped silently (False)."""
+        # An audit row echoes what was refused, NUL characters included, and PostgreSQL's text holds none.
+        entry = AuditEntry.model_validate(_storable(entry.model_dump()))
         inserted = await self._fetchrow(
             f"recording audit entry {entry.action}",
             """
@@ -489,6 +491,17 @@ def _conditions(candidates: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
         args.append(value)
         clauses.append(template.format(len(args)))
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with every NUL character in its strings (and keys) shown as U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
 
 
 def _operation(row: asyncpg.Record) -> OperationRecord:

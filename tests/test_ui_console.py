@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import time
@@ -30,23 +29,12 @@ from simulator.server import RunningSimulator
 from store.repository import OperationStore
 from store.seed import seed_dev_approvers, seed_dev_windows
 from tests.helpers import eventually
+from tests.readme_examples import examples
 from workflows.lifecycle import OperationStatus
 
 pytestmark = pytest.mark.e2e
 
-README = Path(__file__).parent.parent / "README.md"
-EXAMPLE = re.compile(
-    r"^ui-example `(?P<type>[^`]+)` `(?P<id>[^`]+)` → `(?P<state>[^`]+)`\n```json\n(?P<input>.+?)\n```",
-    re.M | re.S,
-)
 TASK_QUEUE = "ecs-ops"
-
-
-def examples() -> list[dict[str, Any]]:
-    found = [m.groupdict() for m in EXAMPLE.finditer(README.read_text(encoding="utf-8"))]
-    for example in found:
-        example["input"] = json.loads(example["input"])
-    return found
 
 
 @pytest.fixture(scope="session")

@@ -14,16 +14,15 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.disk import DiskActivities, RecycleListInput, RecycleTaskInput
-    from domain import errors
     from domain.disk import RecycleCandidate, RecycleOutcome, RecycleReport, RecycleTaskReport
-    from domain.operations import OpsState, describe_validation_error
+    from domain.operations import InputRefused, OpsState, parse_input
     from runtime import search_attributes as sa
     from workflows.common import HOUYI_READ
 
@@ -58,13 +57,9 @@ class DiskRecycleWorkflow:
     @workflow.run
     async def run(self, raw_input: Any = None) -> RecycleReport:
         try:
-            request = DiskRecycleInput.model_validate(raw_input or {})
-        except ValidationError as error:  # a wrong input fails at once, no retry
-            raise ApplicationError(
-                f"invalid DiskRecycleInput: {describe_validation_error(error)}",
-                type=errors.INVALID_INPUT,
-                non_retryable=True,
-            ) from None
+            request = parse_input(DiskRecycleInput, {} if raw_input is None else raw_input)
+        except InputRefused as refused:  # a wrong input fails at once, no retry
+            raise ApplicationError(str(refused), type=refused.error_type, non_retryable=True) from None
         finished_before = workflow.now() - timedelta(hours=request.older_than_hours)
         report = RecycleReport(dry_run=request.dry_run, finished_before=finished_before)
         self._report = report

@@ -424,7 +424,8 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         if isinstance(raw_input, dict):
             ips = raw_input.get("nc_ips") or [raw_input.get("nc_ip")]
             if isinstance(ips, list):
-                self._raw_hosts = [ip.strip() for ip in ips if isinstance(ip, str)]
+                # Only what could be an address: the NcIp search attribute holds at most 2 KB.
+                self._raw_hosts = [ip.strip() for ip in ips if isinstance(ip, str) and len(ip) <= 64]
                 return
         self._raw_hosts = []
 
@@ -1033,7 +1034,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
                 dedupe_key=f"{self.workflow_id}/{workflow.info().run_id}/{self._audit_seq}",
                 workflow_id=self.workflow_id,
                 opscode=self.OPSCODE,
-                nc_ip=hosts[0] if len(hosts) == 1 else (",".join(hosts) or None),
+                nc_ip=_audited_hosts(hosts),
                 action=action,
                 result=result,
                 error_type=error_type,
@@ -1079,6 +1080,15 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             attributes.append(sa.OPS_STEP.value_set(current))
         workflow.upsert_search_attributes(attributes)
         workflow.set_current_details(self.status.markdown())
+
+
+def _audited_hosts(hosts: list[str]) -> str | None:
+    """The audit row's host column: every host while that stays short (an indexed column), else the first few."""
+    joined = ",".join(hosts)
+    if len(joined) <= 512:
+        return joined or None
+    shown = ",".join(hosts[:20])
+    return f"{shown},... (+{len(hosts) - 20} more)"
 
 
 def _failure_message(failure: BaseException) -> str:
