@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.intake import IntakeUnderTest
+
+pytestmark = pytest.mark.reliability
 
 EXAMPLES_PER_OPERATION = 60
 

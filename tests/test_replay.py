@@ -22,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
     from worker import WORKFLOWS
     from workflows.common import HOUYI_WRITE
 
+pytestmark = pytest.mark.reliability
+
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
@@ -52,6 +54,8 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         # Recorded before workflow.patched("void-unexecuted-admissions"): they must still replay.
         "nc_forced_reboot_rejected_before_void_patch",
         "nc_forced_reboot_abandoned_before_void_patch",
+        # Recorded with workflow.patched("ops-step-search-attribute") in force.
+        "nc_forced_reboot_step_retried_with_ops_step",
     }
     recorded_types = {
         json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][
