@@ -56,6 +56,8 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_forced_reboot_abandoned_before_void_patch",
         # Recorded with workflow.patched("ops-step-search-attribute") in force.
         "nc_forced_reboot_step_retried_with_ops_step",
+        # ... and with workflow.patched("upsert-only-changed-search-attributes").
+        "nc_forced_reboot_step_retried_upserts_changed_only",
     }
     recorded_types = {
         json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][

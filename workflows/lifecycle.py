@@ -61,6 +61,8 @@ T = TypeVar("T")
 VOID_UNEXECUTED_ADMISSIONS = "void-unexecuted-admissions"
 # The OpsStep search attribute follows the step running (or failed): "which operations wait at PowerCycle?"
 OPS_STEP_SEARCH_ATTRIBUTE = "ops-step-search-attribute"
+# _publish upserts only the search attributes whose value changed (it upserted them all, every time).
+UPSERT_ONLY_CHANGES = "upsert-only-changed-search-attributes"
 
 # How long a failed step waits for an operator before the operation ends as failed.
 STEP_FAILED_TIMEOUT = timedelta(hours=24)
@@ -317,6 +319,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self._commands: dict[str, tuple[StepCommand, StepCommandInput]] = {}
         self._handler_lock = asyncio.Lock()
         self._raw_hosts: list[str] = []
+        self._published: dict[str, Any] = {}  # search attribute values last upserted by _publish
         self._marked_complete: MarkCompleteInput | None = None
         self._audit_seq = 0
 
@@ -1078,7 +1081,15 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         )
         if current is not None and workflow.patched(OPS_STEP_SEARCH_ATTRIBUTE):
             attributes.append(sa.OPS_STEP.value_set(current))
-        workflow.upsert_search_attributes(attributes)
+        if workflow.patched(UPSERT_ONLY_CHANGES):
+            # Each upsert is a history event and a visibility write: send only what changed.
+            attributes = [a for a in attributes if self._published.get(a.key.name) != a.value]
+            for update in attributes:
+                self._published[update.key.name] = update.value
+            if attributes:
+                workflow.upsert_search_attributes(attributes)
+        else:
+            workflow.upsert_search_attributes(attributes)
         workflow.set_current_details(self.status.markdown())
 
 

@@ -321,11 +321,18 @@ async def main_production(only: list[str]) -> None:
                 HttpHouyiClient(simulator.url, recorder=store) as houyi,
                 build_worker(env.client, task_queue, houyi=houyi, store=store, power_poll_seconds=0.05),
             ):
-                host = await admin.first_nc("free")
-                # One more failure than the activity's 5 attempts would be two operator rounds; 5 is one.
-                await admin.inject(action="oob_power_cycle", code=500, message="bmc down", count=5)
-                name = "nc_forced_reboot_step_retried_with_ops_step"
-                if not only or name in only:
+                # Recorded as the workflow code stood then: re-record only one named on the command line.
+                #   nc_forced_reboot_step_retried_with_ops_step: with the OpsStep patch
+                #   nc_forced_reboot_step_retried_upserts_changed_only: also with upsert-only-changes
+                for name in (
+                    "nc_forced_reboot_step_retried_with_ops_step",
+                    "nc_forced_reboot_step_retried_upserts_changed_only",
+                ):
+                    if only and name not in only:
+                        continue
+                    host = await admin.first_nc("free")
+                    # One more failure than the activity's 5 attempts would be two operator rounds; 5 is one.
+                    await admin.inject(action="oob_power_cycle", code=500, message="bmc down", count=5)
                     await record(
                         env.client, task_queue, name,
                         lock_input(host["nc_ip"], reason_category="hang", settings={"needDumpCn": 0}),
