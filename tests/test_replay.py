@@ -58,6 +58,8 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_forced_reboot_step_retried_with_ops_step",
         # ... and with workflow.patched("upsert-only-changed-search-attributes").
         "nc_forced_reboot_step_retried_upserts_changed_only",
+        # ... and with workflow.patched("local-store-writes").
+        "nc_forced_reboot_step_retried_local_store_writes",
     }
     recorded_types = {
         json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][

@@ -46,6 +46,14 @@ STORE: dict[str, Any] = {
     ),
 }
 
+# The same writes as local activities (run by the worker that runs the workflow task, recorded as markers):
+# retried locally for a minute, then with timers, for up to an hour like STORE.
+STORE_LOCAL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "schedule_to_close_timeout": timedelta(hours=1),
+    "retry_policy": STORE["retry_policy"],
+}
+
 
 def cause_type(failure: BaseException) -> str | None:
     """The ``ApplicationError`` type behind an activity or child failure, if any."""

@@ -52,10 +52,12 @@ with workflow.unsafe.imports_passed_through():
     from runtime import search_attributes as sa
     from store.lifecycle import AdmissionRequest, AdmissionVerdict
     from store.repository import AuditEntry, AuditResult, NewOperation
-    from workflows.common import HOUYI_READ, STORE, cause_type
+    from workflows.common import HOUYI_READ, STORE, STORE_LOCAL, cause_type
 
 RequestT = TypeVar("RequestT", bound=OperationInput)
 T = TypeVar("T")
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
 
 # workflow.patched ids: changes made while operations run (tests/test_replay.py replays the older histories).
 VOID_UNEXECUTED_ADMISSIONS = "void-unexecuted-admissions"
@@ -63,6 +65,8 @@ VOID_UNEXECUTED_ADMISSIONS = "void-unexecuted-admissions"
 OPS_STEP_SEARCH_ATTRIBUTE = "ops-step-search-attribute"
 # _publish upserts only the search attributes whose value changed (it upserted them all, every time).
 UPSERT_ONLY_CHANGES = "upsert-only-changed-search-attributes"
+# The operation row and audit rows are written by local activities (they were regular activities).
+LOCAL_STORE_WRITES = "local-store-writes"
 
 # How long a failed step waits for an operator before the operation ends as failed.
 STEP_FAILED_TIMEOUT = timedelta(hours=24)
@@ -376,9 +380,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _run_admitted(self, request: RequestT) -> OperationResult:
-        started = await workflow.execute_activity_method(
-            OperationActivities.record_operation, self._new_operation(), **STORE
-        )
+        started = await self._store_write(OperationActivities.record_operation, self._new_operation())
         self.status.operation_id = started.operation_id
         executing = False
         try:
@@ -992,7 +994,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             processes=self.status.processes,
             disk=self.status.disk,
         )
-        await workflow.execute_activity_method(
+        await self._store_write(
             OperationActivities.set_operation_state,
             OperationStateChange(
                 workflow_id=self.workflow_id,
@@ -1001,7 +1003,6 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
                 error_message=message or None,
                 result=result.model_dump(mode="json"),
             ),
-            **STORE,
         )
         await self.audit(
             "finish",
@@ -1031,7 +1032,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         hosts = self._hosts()
         # Deterministic and unique per event in this run: a retried activity writes the row once.
         self._audit_seq += 1
-        await workflow.execute_activity_method(
+        await self._store_write(
             OperationActivities.record_audit,
             AuditEntry(
                 dedupe_key=f"{self.workflow_id}/{workflow.info().run_id}/{self._audit_seq}",
@@ -1047,17 +1048,22 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
                 reason=request.reason if request else None,
                 ticket=request.ticket if request else None,
             ),
-            **STORE,
         )
 
     async def _enter(self, state: OpsState) -> None:
         """A state change the event list shows too (the operations row follows the workflow)."""
         self._set_state(state)
-        await workflow.execute_activity_method(
+        await self._store_write(
             OperationActivities.set_operation_state,
             OperationStateChange(workflow_id=self.workflow_id, state=state),
-            **STORE,
         )
+
+    async def _store_write(self, method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT) -> ResultT:
+        """The event list and the audit, written by a local activity: no server round trip per row (each
+        write is idempotent by workflow id or dedupe key, so a retry after a crash is safe)."""
+        if workflow.patched(LOCAL_STORE_WRITES):
+            return await workflow.execute_local_activity_method(method, arg, **STORE_LOCAL)
+        return await workflow.execute_activity_method(method, arg, **STORE)
 
     def _set_state(self, state: OpsState) -> None:
         self.status.state = state

@@ -324,9 +324,11 @@ async def main_production(only: list[str]) -> None:
                 # Recorded as the workflow code stood then: re-record only one named on the command line.
                 #   nc_forced_reboot_step_retried_with_ops_step: with the OpsStep patch
                 #   nc_forced_reboot_step_retried_upserts_changed_only: also with upsert-only-changes
+                #   nc_forced_reboot_step_retried_local_store_writes: also with local-store-writes
                 for name in (
                     "nc_forced_reboot_step_retried_with_ops_step",
                     "nc_forced_reboot_step_retried_upserts_changed_only",
+                    "nc_forced_reboot_step_retried_local_store_writes",
                 ):
                     if only and name not in only:
                         continue
