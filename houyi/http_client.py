@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -40,8 +41,11 @@ from houyi.port import (
     VmStatusChange,
 )
 from runtime.metrics import METRICS, ServiceMetrics
+from store.errors import StoreError
 
 log = structlog.get_logger(__name__)
+
+UNRECORDED_LIMIT = 10_000
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -64,6 +68,8 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         self._base_url = base_url.rstrip("/")
         self._recorder = recorder
         self._metrics = metrics
+        # Call records the store could not take yet; bounded: an outage longer than this loses the oldest.
+        self._unrecorded: deque[HouyiCallRecord] = deque(maxlen=UNRECORDED_LIMIT)
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session = session
         self._owns_session = session is None
@@ -144,8 +150,27 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         return envelope.data
 
     async def _record(self, call: HouyiCallRecord) -> None:
-        if self._recorder is not None:
-            await self._recorder.record_houyi_call(call)
+        """Records the call; when the recorder cannot (the store is down), keeps it to record later.
+
+        The call has happened: failing it because its record could not be written would make the step retry
+        (replayed by its token) until its attempts run out, and stop the operation for an operator during a
+        store outage. The rows kept back are written, in order, before the next call's row.
+        """
+        if self._recorder is None:
+            return
+        self._unrecorded.append(call)
+        while self._unrecorded:
+            try:
+                await self._recorder.record_houyi_call(self._unrecorded[0])
+            except StoreError as error:
+                log.warning(
+                    "houyi call not recorded yet",
+                    action=call.action,
+                    kept=len(self._unrecorded),
+                    error=str(error),
+                )
+                return
+            self._unrecorded.popleft()
 
     async def _call_model(
         self,

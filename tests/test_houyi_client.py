@@ -20,6 +20,7 @@ from houyi.errors import (
 )
 from houyi.http_client import HttpHouyiClient
 from houyi.port import CallContext, MissingIdempotencyToken
+from store.errors import StoreUnavailable
 from store.repository import OperationStore
 from tests.helpers import SimulatorAdmin
 
@@ -176,3 +177,32 @@ async def test_every_call_is_recorded_for_the_audit(
     assert lock.token == "wf-audit/LockNc" and lock.params == {"nc_id": nc["nc_id"], "status": "mlock"}
     assert all(c.request_id and c.latency_ms > 0 for c in calls)
     assert "mlock" in refused.message
+
+
+class StoreThatIsDownAtFirst:
+    """The real store behind a switch: down (StoreUnavailable) for the first ``down_for`` writes."""
+
+    def __init__(self, store: OperationStore, down_for: int) -> None:
+        self.store, self.down_for = store, down_for
+
+    async def record_houyi_call(self, call: Any) -> None:
+        if self.down_for > 0:
+            self.down_for -= 1
+            raise StoreUnavailable("connection refused (test)")
+        await self.store.record_houyi_call(call)
+
+
+async def test_a_call_whose_record_cannot_be_written_still_succeeds_and_is_recorded_later(
+    simulator: Any, store: OperationStore, admin: SimulatorAdmin
+) -> None:
+    nc = await admin.first_nc("free")
+    async with HttpHouyiClient(
+        simulator.url, recorder=StoreThatIsDownAtFirst(store, 2), timeout_seconds=5
+    ) as client:
+        caller = CallContext(caller="outage-test")
+        await client.describe_nc(caller, nc_ip=nc["nc_ip"])  # store down: kept back
+        await client.list_ncs(caller)  # store still down: kept back
+        assert await store.list_houyi_calls(caller="outage-test") == []
+        await client.describe_nc(caller, nc_id=nc["nc_id"])  # store back: all three, in call order
+    recorded = await store.list_houyi_calls(caller="outage-test")
+    assert [c.action for c in recorded] == ["describe_nc", "list_ncs", "describe_nc"]

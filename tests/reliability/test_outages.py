@@ -385,19 +385,10 @@ class Alertmanager:
 
 
 class OperationWaitedForOperator(AssertionError):
-    """A store outage made an operation wait for an operator: the defect the xfail below names."""
+    """A store outage made an operation wait for an operator (it did, until the Houyi client kept call records
+    it could not write for later instead of failing the call)."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OperationWaitedForOperator,
-    reason=(
-        "known defect: the Houyi client records each call in the store inside the step's activity "
-        "(houyi/http_client.py _record); with the store down the recording raises StoreUnavailable and "
-        "fails the activity, which spends the step's 5 attempts (HOUYI_STEP, ~15 s) and stops the "
-        "operation at StepFailed. Remove this marker once recording survives an outage."
-    ),
-)
 @pytest.mark.parametrize("stop_mode", matrix(["fast", "immediate"], ["fast"]))
 async def test_a_30_s_postgresql_outage_fails_no_operation_and_the_intake_answers_503_until_it_is_back(
     stop_mode: str,
