@@ -38,10 +38,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy domain houyi store activities workflows runtime simulator deploy starter opsctl worker.py tests bench
 
+# Every benchmark (each writes bench/results/<name>.md and .json), then bench/results.md. A benchmark that fails
+# does not stop the others; the report names it (missing or stale results) and the target fails.
+BENCHMARKS := evacuation intake sizing open_workflows overhead growth
+
 bench: $(STAMP)
-	$(BIN)/python -m bench.evacuation
-	$(BIN)/python -m bench.intake
-	$(BIN)/python -m bench.sizing
+	@began=$$(date +%s); status=0; \
+	for name in $(BENCHMARKS); do \
+		echo "== python -m bench.$$name"; start=$$(date +%s); \
+		$(BIN)/python -m bench.$$name || { echo "bench.$$name failed (exit $$?)" >&2; status=1; }; \
+		echo "== bench.$$name: $$(( $$(date +%s) - start )) s"; \
+	done; \
+	$(BIN)/python -m bench.report --since $$began || status=1; \
+	echo "== make bench: $$(( $$(date +%s) - began )) s"; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) var

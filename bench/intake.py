@@ -1,6 +1,6 @@
 """Intake throughput: 2,000 Alertmanager webhooks from 20 concurrent clients, half of them duplicates.
 
-    .venv/bin/python -m bench.intake            # writes bench/results/intake.md
+    .venv/bin/python -m bench.intake            # writes bench/results/intake.md and intake.json
 
 The intake runs in this process (aiohttp on loopback) against the Temporal dev server and PostgreSQL, as
 in production; no worker polls the task queue, so what is measured is the front door: claim the alert,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import secrets
 import tempfile
@@ -26,6 +27,7 @@ from aiohttp import web
 from temporalio.client import Client
 
 from bench.harness import dev_server, fresh_database
+from bench.report import row, write_results_json
 from deploy.processes import free_port
 from runtime.logging import configure_logging
 from starter.app import Intake
@@ -103,6 +105,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def main(token: str, tokens_file: Path) -> None:
+    load_before = os.getloadavg()[0]
+    began = time.monotonic()
     env = await dev_server()
     store = await OperationStore.connect((await fresh_database()).url)
     task_queue = f"bench-intake-{uuid.uuid4()}"
@@ -145,9 +149,41 @@ async def main(token: str, tokens_file: Path) -> None:
         f"| intake starts/s as a share of raw | {distinct_rate / raw_rate:.2f} |",
         f"| exactly the distinct ones started | {'yes' if exact else 'NO'} |",
         "",
+        f"Machine load average (1 min) when the run began: {load_before:.2f}.",
+        "",
     ]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines))
+    write_results_json(
+        "intake",
+        "bench.intake",
+        time.monotonic() - began,
+        [
+            row(
+                f"accepted alerts/s ({DISTINCT:,} distinct x {COPIES}: 50% duplicates)",
+                round(rate, 1),
+                "alerts/s",
+            ),
+            row("operations started/s", round(distinct_rate, 1), "ops/s"),
+            row("webhook latency p50", round(p50, 1), "ms"),
+            row("webhook latency p99", round(p99, 1), "ms"),
+            row("raw start_workflow/s (same run, same concurrency)", round(raw_rate, 1), "starts/s"),
+            row("intake starts/s / raw start_workflow/s", round(distinct_rate / raw_rate, 3), "x"),
+            row(
+                "operations started (one per distinct alert)",
+                outcomes.get("started", 0),
+                "operations",
+                f"== {DISTINCT}",
+            ),
+            row(
+                "duplicate alerts deduplicated",
+                outcomes.get("deduplicated", 0),
+                "alerts",
+                f"== {DISTINCT * (COPIES - 1)}",
+            ),
+        ],
+        load_before=load_before,
+    )
     print("\n".join(lines))
     if not exact:
         raise SystemExit(f"deduplication failed: {outcomes}")

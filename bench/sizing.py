@@ -1,29 +1,25 @@
-"""Sizing the workers: operations per second per worker, and memory per 1,000 open workflows.
+"""Sizing the workers: operations per second per worker.
 
-    .venv/bin/python -m bench.sizing            # writes bench/results/sizing.md
+    .venv/bin/python -m bench.sizing            # writes bench/results/sizing.md and sizing.json
 
 Everything real, on this machine: the Temporal dev server, PostgreSQL (the embedded server, or
-``DATABASE_URL``), the Houyi simulator as its own process (2,200 empty hosts in 110 clusters of 20, at
+``DATABASE_URL``), the Houyi simulator as its own process (200 empty hosts in 10 clusters of 20, at
 ``SPEED`` times real time) and the workers as their own processes (``python worker.py``, as deployed).
 
-(a) Throughput. A fixed batch of quick operations, 100 hosts each locked (``NcLock`` 0x410A01) then unlocked
+A fixed batch of quick operations, 100 hosts each locked (``NcLock`` 0x410A01) then unlocked
 (``NcUnlock``), 200 operations, all hosts at once, run once by 1 worker and once by 3 workers (fresh hosts
 and task queue each time). Wall time from the first start to the last result; printed: operations/s, per
 worker, the ratio 3 workers / 1 worker, how busy the machine was (all cores, /proc/stat) and where the CPU
 went, per operation: workers, dev server, PostgreSQL, simulator, this client (/proc/<pid>/stat). On a small
 machine they all share the cores, and the ratio says how far adding workers helps there.
 
-(b) Memory. One worker; forced reboots (0x400012, ``needLimit`` 0 so that flow control lets all through;
-manual reports need approval) are started on distinct hosts and wait in ``PendingApproval``: the
-workflows stay open, each in the worker's sticky cache (``max_cached_workflows``, temporalio's default
-1,000, which ``worker.py`` does not change). The worker's RSS (``VmRSS`` of /proc/<pid>/status) is sampled
-after 20 open (warm: code loaded), after 1,000 and after 2,000; the SDK's own gauge
-``temporal_sticky_cache_size`` says how many are cached.
+Memory (worker RSS per 1,000 open workflows) is measured by ``bench/open_workflows.py``, with 5,000 open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -32,16 +28,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import asyncpg
 from temporalio.client import Client
 
 from bench.harness import dev_server, fresh_database
+from bench.report import row, write_results_json
 from deploy import processes
 from domain.operations import OperationResult, OpsState
 from domain.opscodes import OpsCode
@@ -50,20 +45,18 @@ from store.repository import OperationStore
 from store.seed import seed_dev_approvers
 
 SPEED = 1000.0
-CLUSTERS = 110
+CLUSTERS = 10
 HOSTS_PER_CLUSTER = 20
-BATCH_HOSTS = 100  # (a): each locked then unlocked: 200 operations
-WARM_OPEN = 20
-OPEN_STEPS = (1000, 2000)  # (b)
+BATCH_HOSTS = 100  # each locked then unlocked: 200 operations, once on 1 worker and once on 3
 STARTERS = 20  # concurrent start_workflow calls
 RESULTS = Path(__file__).parent / "results" / "sizing.md"
 COMMAND = ".venv/bin/python -m bench.sizing"
-DEFAULT_MAX_CACHED = 1000  # temporalio.worker.Worker(max_cached_workflows=...) default
 COMPONENTS = ("worker processes", "dev server", "PostgreSQL", "simulator", "bench client")
 
 
-def fleet() -> dict[str, Any]:
-    clusters = [f"ECS-CPU-S-{7000 + c}" for c in range(CLUSTERS)]
+def fleet(clusters_count: int = CLUSTERS) -> dict[str, Any]:
+    """Empty hosts, ``HOSTS_PER_CLUSTER`` in each of ``clusters_count`` clusters; host ``i`` is ``host_ip(i)``."""
+    clusters = [f"ECS-CPU-S-{7000 + c}" for c in range(clusters_count)]
     return {
         "name": "sizing",
         "settings": {"power_settle_seconds": 100},
@@ -94,12 +87,12 @@ def host_ip(index: int) -> str:
     return f"10.70.{index // 200}.{index % 200 + 10}"
 
 
-def request(nc_ip: str, **settings: Any) -> dict[str, Any]:
+def request(nc_ip: str, reason: str = "bench.sizing", **settings: Any) -> dict[str, Any]:
     return {
         "nc_ip": nc_ip,
         "requester": "alice",
         "reason_category": "hardware",
-        "reason": "bench.sizing",
+        "reason": reason,
         "ticket": "CHG-7000",
         **({"settings": settings} if settings else {}),
     }
@@ -209,6 +202,7 @@ class Stack:
     simulator: int | None
 
     def worker(self, task_queue: str, name: str) -> processes.ManagedProcess:
+        """``python worker.py`` on ``task_queue``, default settings, metrics on a port of its own."""
         env = processes.worker_env(
             temporal_address=self.address,
             database_url=self.database_url,
@@ -245,7 +239,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what:
         await asyncio.sleep(0.5)
 
 
-# ---- (a) throughput ------------------------------------------------------------------------------------
+# ---- throughput ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -324,75 +318,6 @@ async def throughput(stack: Stack, workers: int, first_host: int) -> Throughput:
     )
 
 
-# ---- (b) memory ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class MemorySample:
-    open_workflows: int
-    rss_mib: float
-    cached: int | None
-    seconds_to_open: float
-
-
-async def sticky_cache_size(metrics_url: str) -> int | None:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
-            text = await response.text()
-    except aiohttp.ClientError:
-        return None
-    values = [float(v) for v in re.findall(r"^temporal_sticky_cache_size(?:\{[^}]*\})? (\S+)$", text, re.M)]
-    return int(sum(values)) if values else None
-
-
-async def memory(stack: Stack, first_host: int) -> tuple[float, list[MemorySample]]:
-    task_queue = f"sizing-memory-{uuid.uuid4().hex[:8]}"
-    worker = stack.worker(task_queue, "memory")
-    metrics_url = f"http://127.0.0.1:{worker.env_overrides['WORKER_METRICS_PORT']}/metrics"
-    worker.start()
-    samples: list[MemorySample] = []
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        await worker.wait_ready(timeout=120)
-        assert worker.pid is not None
-        idle = rss_mib(worker.pid)
-        opened = 0
-        for target in (WARM_OPEN, *OPEN_STEPS):
-            jobs = [
-                (
-                    "NcForcedReboot",
-                    f"{OpsCode.NC_FORCED_REBOOT.value}-{host_ip(first_host + i)}-{task_queue}",
-                    request(host_ip(first_host + i), needLimit=0, needDumpCn=0, preLock=0),
-                )
-                for i in range(opened, target)
-            ]
-            began = time.monotonic()
-            await start_all(stack.client, task_queue, jobs)
-
-            async def all_pending(target: int = target) -> bool:
-                count = await conn.fetchval(
-                    "SELECT count(*) FROM operations WHERE state = $1 AND workflow_id LIKE $2",
-                    OpsState.PENDING_APPROVAL.value,
-                    f"%-{task_queue}",
-                )
-                return bool(count == target)
-
-            await wait_until(all_pending, 600, f"{target} operations pending approval")
-            seconds = time.monotonic() - began
-            opened = target
-            await asyncio.sleep(5)  # the last workflow tasks complete, the worker settles
-            samples.append(
-                MemorySample(target, rss_mib(worker.pid), await sticky_cache_size(metrics_url), seconds)
-            )
-            print(
-                f"  {target} open: RSS {samples[-1].rss_mib:.0f} MiB, cached {samples[-1].cached}", flush=True
-            )
-    finally:
-        await conn.close()
-        await asyncio.to_thread(worker.terminate)
-    return idle, samples
-
-
 def postmaster_pid(url: str) -> int | None:
     """The embedded server's postmaster (first line of postmaster.pid in its socket directory)."""
     found = re.search(r"host=([^&]+)", url)
@@ -405,63 +330,63 @@ def postmaster_pid(url: str) -> int | None:
 # ---- the run --------------------------------------------------------------------------------------------
 
 
-async def main(workdir: Path) -> None:
-    load_before = os.getloadavg()[0]
+@contextlib.asynccontextmanager
+async def running_stack(workdir: Path, name: str, clusters: int = CLUSTERS) -> AsyncIterator[Stack]:
+    """Dev server, a fresh database (dev approvers, capacity guard off), the simulator with ``fleet(clusters)``;
+    all stopped, the database dropped, on leaving."""
     env = await dev_server()
-    database = await fresh_database("bench_sizing")
-    database_url = database.url
-    store = await OperationStore.connect(database_url)  # migrates
-    await seed_dev_approvers(store)
-    # A lock takes a host out of service: locking 100 hosts at once would trip the capacity guard.
-    await store.lifecycle.set_capacity_guard(CapacityGuard(cluster_id="*", enabled=False), updated_by="bench")
-    await store.close()
-    fleet_path = workdir / "sizing-fleet.json"
-    fleet_path.write_text(json.dumps(fleet()))
-    port = processes.free_port()
-    simulator = processes.houyi_simulator(port, SPEED, fleet_path, log_dir=workdir / "logs").start()
-    began = time.monotonic()
+    database = await fresh_database(f"bench_{name}")
+    simulator: processes.ManagedProcess | None = None
     try:
+        store = await OperationStore.connect(database.url)  # migrates
+        try:
+            await seed_dev_approvers(store)
+            # A lock takes a host out of service: locking 100 hosts at once would trip the capacity guard.
+            await store.lifecycle.set_capacity_guard(
+                CapacityGuard(cluster_id="*", enabled=False), updated_by="bench"
+            )
+        finally:
+            await store.close()
+        fleet_path = workdir / f"{name}-fleet.json"
+        fleet_path.write_text(json.dumps(fleet(clusters)))
+        port = processes.free_port()
+        simulator = processes.houyi_simulator(port, SPEED, fleet_path, log_dir=workdir / "logs").start()
         await simulator.wait_ready(timeout=60)
         address = env.client.service_client.config.target_host
-        stack = Stack(
+        yield Stack(
             client=env.client,
             address=address,
-            database_url=database_url,
+            database_url=database.url,
             houyi_url=f"http://127.0.0.1:{port}",
             log_dir=workdir / "logs",
             dev_server=dev_server_pid(int(address.rsplit(":", 1)[1])),
             postmaster=postmaster_pid(database.server),
             simulator=simulator.pid,
         )
-        print("(a) throughput: 200 operations (100 hosts locked then unlocked)", flush=True)
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+        await env.shutdown()
+        await database.drop()
+
+
+async def main(workdir: Path) -> None:
+    load_before = os.getloadavg()[0]
+    began = time.monotonic()
+    async with running_stack(workdir, "sizing") as stack:
+        print(
+            f"throughput: {2 * BATCH_HOSTS} operations ({BATCH_HOSTS} hosts locked then unlocked)", flush=True
+        )
         one = await throughput(stack, 1, 0)
         print(f"  1 worker: {one.rate:.1f} ops/s", flush=True)
         three = await throughput(stack, 3, BATCH_HOSTS)
         print(f"  3 workers: {three.rate:.1f} ops/s ({three.rate / 3:.1f} per worker)", flush=True)
-        print("(b) memory: forced reboots waiting for approval on one worker", flush=True)
-        idle, samples = await memory(stack, 2 * BATCH_HOSTS)
-    finally:
-        simulator.terminate()
-        await env.shutdown()
-        await database.drop()
-    write_results(one, three, idle, samples, time.monotonic() - began, load_before)
+    write_results(one, three, time.monotonic() - began, load_before)
 
 
-def write_results(
-    one: Throughput,
-    three: Throughput,
-    idle: float,
-    samples: list[MemorySample],
-    seconds: float,
-    load_before: float,
-) -> None:
-    warm, *steps = samples
-    per_thousand = [
-        (s.rss_mib - prev.rss_mib) / (s.open_workflows - prev.open_workflows) * 1000
-        for prev, s in zip(samples, samples[1:], strict=False)
-    ]
-    first = steps[0]
+def write_results(one: Throughput, three: Throughput, seconds: float, load_before: float) -> None:
     cores = os.cpu_count()
+    worker_ms = one.cpu["worker processes"] / one.operations * 1000
     lines = [
         "# Worker sizing (bench/sizing.py)",
         "",
@@ -495,50 +420,17 @@ def write_results(
         ],
         "",
         f"Reading: one operation costs about {one.busy_ms_per_operation:.0f} ms of CPU on this machine in all, "
-        f"{one.cpu['worker processes'] / one.operations * 1000:.0f} ms of it in the worker, so {cores} cores "
+        f"{worker_ms:.0f} ms of it in the worker, so {cores} cores "
         f"carry at most about {(cores or 1) * 1000 / one.busy_ms_per_operation:.0f} operations/s however many "
         "workers share them: more workers on the same cores only add their own overhead. With the dev server "
         "and PostgreSQL on other machines, a worker process (one Python interpreter: one core at most) "
-        f"carries about {1000 / (one.cpu['worker processes'] / one.operations * 1000):.0f} operations/s per core "
+        f"carries about {1000 / worker_ms:.0f} operations/s per core "
         "it gets; size the worker count from that, and the Temporal server from its own share.",
         "",
-        "## Memory per 1,000 open workflows",
+        "## Memory",
         "",
-        "One worker; `NcForcedReboot` (0x400012, `needLimit` 0) on distinct hosts, each waiting in "
-        "`PendingApproval` (the workflow is open and, up to `max_cached_workflows`, kept in the worker's "
-        "sticky cache). RSS is `VmRSS` of the worker process; cached is the SDK gauge "
-        "`temporal_sticky_cache_size`.",
-        "",
-        "| open workflows | worker RSS (MiB) | cached | seconds to open them |",
-        "| ---: | ---: | ---: | ---: |",
-        f"| 0 (idle, ready) | {idle:.0f} | 0 | |",
-        *[
-            f"| {s.open_workflows} | {s.rss_mib:.0f} | {s.cached if s.cached is not None else 'n/a'} "
-            f"| {s.seconds_to_open:.0f} |"
-            for s in samples
-        ],
-        "",
-        f"- **{per_thousand[0]:.0f} MiB per 1,000 open workflows** ({warm.open_workflows} → "
-        f"{first.open_workflows}, all cached).",
-    ]
-    if len(steps) > 1:
-        second = steps[1]
-        lines.append(
-            f"- {per_thousand[1]:.0f} MiB per 1,000 from {first.open_workflows} to {second.open_workflows}, the "
-            f"cache holding {second.cached if second.cached is not None else 'n/a'}: beyond "
-            f"`max_cached_workflows` (temporalio's default {DEFAULT_MAX_CACHED:,}; `worker.py` does not change it) "
-            "the worker evicts the least recently used workflow instead of keeping it; an evicted workflow "
-            "keeps no state in the worker and is replayed from its history when a signal (an approval) or a "
-            "timer next wakes it. What RSS still gains there is churn (the allocator does not hand freed "
-            "memory back), not state."
-        )
-    bound = idle + per_thousand[0] * DEFAULT_MAX_CACHED / 1000
-    lines += [
-        "",
-        f"Reading: a worker with the default cache needs about {idle:.0f} MiB idle + {per_thousand[0]:.0f} MiB "
-        f"per 1,000 cached workflows, so about **{bound:.0f} MiB** once {DEFAULT_MAX_CACHED:,} operations are "
-        "open, however many more are open beyond that: those cost a history replay (CPU, latency) when they "
-        "wake, not memory. A larger `max_cached_workflows` trades that memory for fewer replays.",
+        "Worker memory per 1,000 open workflows, and with 5,000 open on one worker, is measured by "
+        "`python -m bench.open_workflows`: [open_workflows.md](open_workflows.md).",
         "",
         f"Machine load average (1 min) when the run began: {load_before:.2f}; other processes on the machine "
         "count in *machine CPU busy* and *elsewhere*.",
@@ -546,6 +438,24 @@ def write_results(
     ]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines))
+    write_results_json(
+        "sizing",
+        "bench.sizing",
+        seconds,
+        [
+            row("operations/s, 1 worker (NcLock + NcUnlock)", round(one.rate, 2), "ops/s"),
+            row("operations/s per worker, 3 workers on the same cores", round(three.rate / 3, 2), "ops/s"),
+            row("3 workers / 1 worker, operations/s", round(three.rate / one.rate, 3), "x"),
+            row("worker CPU per quick operation", round(worker_ms, 1), "ms"),
+            row("machine CPU per quick operation (all processes)", round(one.busy_ms_per_operation, 1), "ms"),
+            row(
+                "operations/s per core a worker gets (1000 / worker CPU ms)",
+                round(1000 / worker_ms, 1),
+                "ops/s",
+            ),
+        ],
+        load_before=load_before,
+    )
     print("\n".join(lines))
 
 
