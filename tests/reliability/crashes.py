@@ -43,6 +43,7 @@ from temporalio.exceptions import ApplicationError
 
 from deploy import processes
 from houyi.wire import Action
+from runtime import search_attributes as sa
 from simulator.faults import FaultBook
 from simulator.idempotency import TokenCache
 from simulator.server import RunningSimulator, start_simulator
@@ -377,7 +378,9 @@ async def _drive(
                             await _forget_tokens_once_answered(simulator, kill)
                     workers.append(processes.worker(env, log_dir=log_dir, name="worker-2").start())
                     await workers[-1].wait_ready(timeout=READY_SECONDS)
-            if not approved and "approval_requested" in events:
+            # Approve as a person would: once the server shows it pending (committed), not when its audit row
+            # appears (a local activity writes that row before the workflow task that reached the gate is done).
+            if not approved and "approval_requested" in events and await _shown_pending(handle):
                 await handle.signal("approve", ApprovalInput(approver=APPROVER, comment="crash suite"))
                 approved = True
             if result_task.done():
@@ -558,3 +561,8 @@ def worker_exit_signal(code: int | None) -> str:
 # Runs at once: 6 for the reduced matrix, 10 for the full one (measured on 2 shared cores: the runs mostly
 # wait on the server's timeouts); OPSFLOW_CRASH_CONCURRENCY overrides.
 CONCURRENCY = int(os.environ.get("OPSFLOW_CRASH_CONCURRENCY", "10" if FULL else "6"))
+
+
+async def _shown_pending(handle: Any) -> bool:
+    description = await handle.describe()
+    return bool(description.typed_search_attributes.get(sa.OPS_STATE) == "PendingApproval")
