@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -70,6 +71,7 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
         self._metrics = metrics
         # Call records the store could not take yet; bounded: an outage longer than this loses the oldest.
         self._unrecorded: deque[HouyiCallRecord] = deque(maxlen=UNRECORDED_LIMIT)
+        self._flushing = asyncio.Lock()
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session = session
         self._owns_session = session is None
@@ -154,23 +156,28 @@ class HttpHouyiClient(HouyiPort, StorageToolsPort):
 
         The call has happened: failing it because its record could not be written would make the step retry
         (replayed by its token) until its attempts run out, and stop the operation for an operator during a
-        store outage. The rows kept back are written, in order, before the next call's row.
+        store outage. Rows kept back are written with a later call's, by one coroutine at a time (the client
+        is shared by every activity of the worker).
         """
         if self._recorder is None:
             return
-        self._unrecorded.append(call)
-        while self._unrecorded:
+        if not self._unrecorded:
             try:
-                await self._recorder.record_houyi_call(self._unrecorded[0])
-            except StoreError as error:
-                log.warning(
-                    "houyi call not recorded yet",
-                    action=call.action,
-                    kept=len(self._unrecorded),
-                    error=str(error),
-                )
+                await self._recorder.record_houyi_call(call)
                 return
-            self._unrecorded.popleft()
+            except StoreError as error:
+                log.warning("houyi call not recorded yet", action=call.action, error=str(error))
+        self._unrecorded.append(call)
+        if self._flushing.locked():
+            return  # the coroutine writing the backlog writes this one too
+        async with self._flushing:
+            while self._unrecorded:
+                try:
+                    await self._recorder.record_houyi_call(self._unrecorded[0])
+                except StoreError as error:
+                    log.warning("houyi calls not recorded yet", kept=len(self._unrecorded), error=str(error))
+                    return
+                self._unrecorded.popleft()
 
     async def _call_model(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -180,7 +181,7 @@ async def test_every_call_is_recorded_for_the_audit(
 
 
 class StoreThatIsDownAtFirst:
-    """The real store behind a switch: down (StoreUnavailable) for the first ``down_for`` writes."""
+    """The real store behind a switch: down (StoreUnavailable) for the first ``down_for`` write attempts."""
 
     def __init__(self, store: OperationStore, down_for: int) -> None:
         self.store, self.down_for = store, down_for
@@ -197,7 +198,7 @@ async def test_a_call_whose_record_cannot_be_written_still_succeeds_and_is_recor
 ) -> None:
     nc = await admin.first_nc("free")
     async with HttpHouyiClient(
-        simulator.url, recorder=StoreThatIsDownAtFirst(store, 2), timeout_seconds=5
+        simulator.url, recorder=StoreThatIsDownAtFirst(store, 3), timeout_seconds=5
     ) as client:
         caller = CallContext(caller="outage-test")
         await client.describe_nc(caller, nc_ip=nc["nc_ip"])  # store down: kept back
@@ -206,3 +207,18 @@ async def test_a_call_whose_record_cannot_be_written_still_succeeds_and_is_recor
         await client.describe_nc(caller, nc_id=nc["nc_id"])  # store back: all three, in call order
     recorded = await store.list_houyi_calls(caller="outage-test")
     assert [c.action for c in recorded] == ["describe_nc", "list_ncs", "describe_nc"]
+
+
+async def test_concurrent_calls_during_an_outage_record_each_row_exactly_once(
+    simulator: Any, store: OperationStore, admin: SimulatorAdmin
+) -> None:
+    nc = await admin.first_nc("free")
+    async with HttpHouyiClient(
+        simulator.url, recorder=StoreThatIsDownAtFirst(store, 8), timeout_seconds=5
+    ) as client:
+        caller = CallContext(caller="outage-burst")
+        await asyncio.gather(*(client.describe_nc(caller, nc_ip=nc["nc_ip"]) for _ in range(50)))
+        await client.list_ncs(caller)  # after the burst: writes whatever is still kept back
+    recorded = await store.list_houyi_calls(caller="outage-burst")
+    assert len(recorded) == 51
+    assert len({(c.action, c.request_id) for c in recorded}) == 51, "a row written twice"
