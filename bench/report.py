@@ -273,6 +273,15 @@ def render(benchmarks: list[Benchmark], since: float | None) -> str:
         for item in bench.document["rows"]
         if item.get("ok") is not None
     )
+    ran = [
+        b.document["seconds"]
+        for b in benchmarks
+        if b.document and isinstance(b.document.get("seconds"), int | float)
+    ]
+    lines += [
+        "",
+        f"Sum of the benchmarks' own run times: {sum(ran):.0f} s ({len(ran)} of {len(benchmarks)}).",
+    ]
     lines += ["", f"Targets met: {judged - len(missed)} of {judged}."]
     if missed:
         lines += ["Missed: " + "; ".join(missed) + "."]
