@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +59,44 @@ async def fresh_database(prefix: str = "bench") -> BenchDatabase:
     finally:
         await admin.close()
     return database
+
+
+# ---- CPU by process (/proc): the benchmarks say where the time goes ------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds that groups of processes used between ``start`` and ``stop`` (a process gone by then
+    counts up to its last sample; one started meanwhile counts from zero)."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self._before: dict[str, dict[int, float]] = {}
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        sampled: dict[str, dict[int, float]] = {}
+        for name, pids in self.groups.items():
+            sampled[name] = {}
+            for pid in pids():
+                try:
+                    sampled[name][pid] = cpu_seconds(pid)
+                except (OSError, IndexError, ValueError):
+                    continue
+        return sampled
+
+    def start(self) -> None:
+        self._before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        return {
+            name: sum(
+                seconds - self._before.get(name, {}).get(pid, 0.0) for pid, seconds in after[name].items()
+            )
+            for name in self.groups
+        }

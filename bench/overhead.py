@@ -51,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     import re
     import subprocess
     import tempfile
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
     from dataclasses import asdict, dataclass, field
     from datetime import UTC, datetime
     from pathlib import Path
@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.common import SearchAttributeKey
     from temporalio.worker import Worker
 
-    from bench.harness import dev_server, fresh_database
+    from bench.harness import CpuMeter, dev_server, fresh_database
     from deploy.processes import free_port, houyi_simulator
     from domain.operations import OperationResult, OpsState
     from domain.opscodes import OpsCode
@@ -138,12 +138,6 @@ def write_results_json(name: str, seconds: float, rows: Sequence[Row], load_befo
 # ---- CPU by process (/proc) ---------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _pids() -> list[int]:
     return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 
@@ -181,35 +175,6 @@ def postgres_pids(postmaster: int | None) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return [postmaster, *children]
-
-
-class CpuMeter:
-    """CPU seconds groups of processes used between ``start`` and ``stop``."""
-
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
-        self.groups = groups
-        self._before: dict[str, dict[int, float]] = {}
-
-    def _sample(self) -> dict[str, dict[int, float]]:
-        sampled: dict[str, dict[int, float]] = {}
-        for name, pids in self.groups.items():
-            sampled[name] = {}
-            for pid in pids():
-                try:
-                    sampled[name][pid] = cpu_seconds(pid)
-                except (OSError, IndexError, ValueError):
-                    continue
-        return sampled
-
-    def start(self) -> None:
-        self._before = self._sample()
-
-    def stop(self) -> dict[str, float]:
-        after = self._sample()
-        return {
-            name: sum(s - self._before.get(name, {}).get(pid, 0.0) for pid, s in after[name].items())
-            for name in self.groups
-        }
 
 
 # ---- the bare workflow --------------------------------------------------------------------------------

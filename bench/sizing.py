@@ -35,7 +35,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from bench.harness import dev_server, fresh_database
+from bench.harness import CpuMeter, dev_server, fresh_database
 from bench.report import row, write_results_json
 from deploy import processes
 from domain.operations import OperationResult, OpsState
@@ -108,12 +108,6 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
@@ -146,38 +140,6 @@ def postgres_pids(postmaster: int | None) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return [postmaster, *children]
-
-
-class CpuMeter:
-    """CPU seconds that groups of processes used between ``start`` and ``stop`` (a process gone by then
-    counts up to its last sample; one started meanwhile counts from zero)."""
-
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
-        self.groups = groups
-        self._before: dict[str, dict[int, float]] = {}
-
-    def _sample(self) -> dict[str, dict[int, float]]:
-        sampled: dict[str, dict[int, float]] = {}
-        for name, pids in self.groups.items():
-            sampled[name] = {}
-            for pid in pids():
-                try:
-                    sampled[name][pid] = cpu_seconds(pid)
-                except (OSError, IndexError, ValueError):
-                    continue
-        return sampled
-
-    def start(self) -> None:
-        self._before = self._sample()
-
-    def stop(self) -> dict[str, float]:
-        after = self._sample()
-        return {
-            name: sum(
-                seconds - self._before.get(name, {}).get(pid, 0.0) for pid, seconds in after[name].items()
-            )
-            for name in self.groups
-        }
 
 
 def machine_ticks() -> tuple[int, int]:

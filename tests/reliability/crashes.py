@@ -32,7 +32,6 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,9 @@ from runtime import search_attributes as sa
 from simulator.faults import FaultBook
 from simulator.idempotency import TokenCache
 from simulator.server import RunningSimulator, start_simulator
-from store.db import url_with_database
 from store.repository import OperationStore
 from store.seed import seed_dev_approvers, seed_dev_windows
+from tests.fixtures.pg import fresh_database
 from tests.helpers import SimulatorAdmin, eventually
 from tests.readme_examples import examples
 from tests.reliability_support import FULL
@@ -272,25 +271,6 @@ class CrashLab:
     ) -> RunRecord:
         async with self.slots:
             return await _run(self, self.scenarios[workflow], kill, forget_tokens_after_kill)
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(postgres_url: str) -> AsyncIterator[str]:
-    """An empty database of the run's own, dropped afterwards (as the ``database_url`` fixture does)."""
-    name = f"test_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield url_with_database(postgres_url, name)
-    finally:
-        admin = await asyncpg.connect(postgres_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def _run(lab: CrashLab, scenario: Scenario, kill: KillPoint | None, forget_tokens: bool) -> RunRecord:
