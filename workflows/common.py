@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
+from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
@@ -53,6 +56,27 @@ STORE_LOCAL: dict[str, Any] = {
     "schedule_to_close_timeout": timedelta(hours=1),
     "retry_policy": STORE["retry_policy"],
 }
+
+
+# workflow.patched id (listed with the others in workflows/lifecycle.py): parallel lanes end together.
+LANES_END_TOGETHER = "lanes-end-together"
+
+
+async def run_lanes(*lanes: Awaitable[None]) -> None:
+    """Runs lanes side by side and returns once every lane has ended, then raises the first lane's failure.
+
+    ``asyncio.gather`` raises as soon as one lane fails or is cancelled, while the other lanes' activities
+    still run: a cancelled operation then went on to its final record (and cancelled migrations a lane was
+    still following, whose failure the lane read as its own). Waiting for all of them keeps every side
+    effect inside the step that started it; a cancel still ends the step cancelled.
+    """
+    if not workflow.patched(LANES_END_TOGETHER):
+        await asyncio.gather(*lanes)
+        return
+    ended = await asyncio.gather(*lanes, return_exceptions=True)
+    for outcome in ended:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def cause_type(failure: BaseException) -> str | None:

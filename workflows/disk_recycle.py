@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.disk import RecycleCandidate, RecycleOutcome, RecycleReport, RecycleTaskReport
     from domain.operations import InputRefused, OpsState, parse_input
     from runtime import search_attributes as sa
-    from workflows.common import HOUYI_READ
+    from workflows.common import HOUYI_READ, run_lanes
 
 WORKFLOW_TYPE = "DiskRecycle"
 
@@ -78,7 +78,7 @@ class DiskRecycleWorkflow:
             report.tasks.sort(key=lambda t: t.task_id)
             self._publish(OpsState.RUNNING)
 
-        await asyncio.gather(*(handle(c) for c in candidates))
+        await run_lanes(*(handle(c) for c in candidates))
         failed = report.count(RecycleOutcome.FAILED)
         self._publish(OpsState.FAILED if failed else OpsState.SUCCEEDED)
         workflow.logger.info(report.summary(), extra={"opscode": WORKFLOW_TYPE})

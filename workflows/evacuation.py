@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.settings import AfterColdMigration, LiveMigrationSettings
     from houyi.port import RiReservation
     from store.repository import AuditResult
-    from workflows.common import HOUYI_READ, HOUYI_STEP, HOUYI_WRITE, STORE, cause_type
+    from workflows.common import HOUYI_READ, HOUYI_STEP, HOUYI_WRITE, STORE, cause_type, run_lanes
     from workflows.lifecycle import STEP_FAILED_TIMEOUT, OperationWorkflow, OpsState, StepStatus
 
 RequestT = TypeVar("RequestT", bound=OperationRequest)
@@ -255,7 +255,7 @@ class EvacuationWorkflow(OperationWorkflow[RequestT]):
             while queue and not _being_cancelled():
                 await self._live_migrate(step, queue.pop(0))
 
-        await asyncio.gather(*(lane() for _ in range(min(self.live_settings().parallel, total))))
+        await run_lanes(*(lane() for _ in range(min(self.live_settings().parallel, total))))
         moved = sum(1 for m in self.status.vms if m.state is VmMoveState.MIGRATED)
         handed = sum(
             1
@@ -304,6 +304,12 @@ class EvacuationWorkflow(OperationWorkflow[RequestT]):
                     raise
                 kind = cause_type(failure)
                 message = _root_message(failure)
+                if _being_cancelled() and kind != errors.MIGRATION_STUCK:
+                    # It ended on its own as the cancel came: the VM stays here, and no cold move follows.
+                    move.state = VmMoveState.CANCELLED
+                    move.message = f"live migration ended ({kind}) as the operation was cancelled: {message}"
+                    self.update_progress()
+                    return
                 if kind == errors.MIGRATION_STUCK:
                     self._stuck_targets[move.vm_id] = _detail(failure, "target_nc_id")
                     await self._await_correction(move, message)

@@ -67,6 +67,8 @@ OPS_STEP_SEARCH_ATTRIBUTE = "ops-step-search-attribute"
 UPSERT_ONLY_CHANGES = "upsert-only-changed-search-attributes"
 # The operation row and audit rows are written by local activities (they were regular activities).
 LOCAL_STORE_WRITES = "local-store-writes"
+# Parallel lanes (live migrations, re-onlines, cleanups, recycles) end together: workflows.common.run_lanes.
+# LANES_END_TOGETHER = "lanes-end-together", defined there.
 
 # How long a failed step waits for an operator before the operation ends as failed.
 STEP_FAILED_TIMEOUT = timedelta(hours=24)

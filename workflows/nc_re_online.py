@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.model import Nc, NcBizStatus, PowerState
     from domain.operations import HostOutcomeKind, NcReOnlineInput, OperationResult, OpsState
     from domain.opscodes import OpsCode
-    from workflows.common import HOUYI_STEP
+    from workflows.common import HOUYI_STEP, run_lanes
     from workflows.lifecycle import OperationEnded, OperationWorkflow
     from workflows.nc_steps import check_status
 
@@ -86,7 +86,7 @@ class NcReOnlineWorkflow(OperationWorkflow[NcReOnlineInput]):
                 await self._re_online(nc)
 
         hosts = [self.details[h.nc_ip].nc for h in self.admitted_hosts()]
-        await asyncio.gather(*(re_online(nc) for nc in hosts))
+        await run_lanes(*(re_online(nc) for nc in hosts))
         failed = [
             o for o in self.status.outcomes if o.outcome in (HostOutcomeKind.FAILED, HostOutcomeKind.SKIPPED)
         ]

@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from domain.opscodes import OpsCode
     from domain.residue import ProcessOutcome, ProcessPlan, Verdict
-    from workflows.common import HOUYI_READ, HOUYI_STEP, HOUYI_WRITE
+    from workflows.common import HOUYI_READ, HOUYI_STEP, HOUYI_WRITE, run_lanes
     from workflows.lifecycle import OperationWorkflow
 
 RequestT = TypeVar("RequestT", bound=OperationInput)
@@ -295,7 +295,7 @@ class WildVmCleanupWorkflow(ResidueCleanupWorkflow[WildVmCleanupInput]):
                 )
                 outcome.message = self.counts(nc_id)
 
-        await asyncio.gather(*(clean(ip) for ip in self._dirty if ip in admitted))
+        await run_lanes(*(clean(ip) for ip in self._dirty if ip in admitted))
         for host in self.admitted_hosts():
             if host.nc_ip not in self._dirty:
                 outcome = self.outcome(host.nc_ip)

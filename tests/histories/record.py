@@ -59,14 +59,25 @@ def lock_input(nc_ip: str, **overrides: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def recording_setup() -> AsyncIterator[tuple[WorkflowEnvironment, OperationStore, str]]:
+async def recording_setup(
+    *, dev_server: bool = False
+) -> AsyncIterator[tuple[WorkflowEnvironment, OperationStore, str]]:
     """The time-skipping server with our search attributes, a fresh database with the dev approvers, and a
-    task queue: what every group of recordings runs on."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=installed_binary("temporal-test-server"),
-    )
-    await search_attributes.register(env.client)
+    task queue: what every group of recordings runs on. ``dev_server``: the dev server instead, whose
+    heartbeat timeouts run on the real clock (a cancel reaches a running activity through them)."""
+    if dev_server:
+        env = await WorkflowEnvironment.start_local(
+            data_converter=pydantic_data_converter,
+            dev_server_existing_path=installed_binary("temporal"),
+            search_attributes=list(search_attributes.ALL),
+            dev_server_log_level="error",
+        )
+    else:
+        env = await WorkflowEnvironment.start_time_skipping(
+            data_converter=pydantic_data_converter,
+            test_server_existing_path=installed_binary("temporal-test-server"),
+        )
+        await search_attributes.register(env.client)
     server_url = start_embedded_postgres(TEST_DATA_DIR)
     database = f"record_{uuid.uuid4().hex}"
     store = await OperationStore.connect(server_url)
@@ -348,6 +359,56 @@ async def main_production(only: list[str]) -> None:
             await simulator.stop()
 
 
+async def main_cancellations(only: list[str]) -> None:
+    """A deep offline cancelled while two live migrations run (on the dev server: the cancel reaches the
+    activities through their heartbeats). Recorded as the workflow code stood then:
+      nc_deep_offline_cancelled_in_live_migration_before_lanes_patch: before "lanes-end-together"
+      nc_deep_offline_cancelled_in_live_migration: with it (the step waits for every lane)"""
+    async with recording_setup(dev_server=True) as (env, store, task_queue):
+        for name in (
+            "nc_deep_offline_cancelled_in_live_migration_before_lanes_patch",
+            "nc_deep_offline_cancelled_in_live_migration",
+        ):
+            if only and name not in only:
+                continue
+            path = Path(tempfile.mkdtemp()) / f"{name}.json"
+            path.write_text(json.dumps(build_evacuation_fleet(6, memory_choices=(32,))))
+            # 32 GiB at 2 MB/s: hours in the model, 16 s at speed 1000; the cancel comes well before.
+            simulator = await start_simulator(path, speed=1000)
+            await seed_dev_windows(store, [CLUSTER])
+            try:
+                async with (
+                    HttpHouyiClient(simulator.url, recorder=store) as houyi,
+                    build_worker(env.client, task_queue, houyi=houyi, store=store, migration_poll_seconds=0.2),
+                ):
+                    handle = await env.client.start_workflow(
+                        "NcDeepOffline",
+                        {"nc_ip": SOURCE_IP, "requester": "alice", "reason_category": "hardware",
+                         "reason": "DIMM errors", "source": "alert",
+                         "settings": {"needLimit": 0, "rate": 2, "parallel": 2}},
+                        id=f"record-{name}-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
+                    )  # fmt: skip
+                    for _ in range(600):
+                        status = await handle.query("status", result_type=OperationStatus)
+                        if "2 migrating" in status.progress:
+                            break
+                        await asyncio.sleep(0.05)
+                    else:
+                        raise RuntimeError(f"{name}: two migrations never ran together")
+                    await handle.cancel()
+                    try:
+                        await handle.result()
+                    except WorkflowFailureError:
+                        pass
+                    history = await handle.fetch_history()
+                    (HERE / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+                    final = await handle.query("status", result_type=OperationStatus)
+                    states = sorted(vm.state.value for vm in final.vms)
+                    print(f"recorded {name} ({len(history.events)} events; vms {states})")
+            finally:
+                await simulator.stop()
+
+
 if __name__ == "__main__":
     # ``evacuations [NAME ...]``: the evacuation workflows' histories (issue 4 on), or only those named.
     # ``disks [NAME ...]``: disk live migration and recycle (issue 5), and NcUnlock.
@@ -358,5 +419,8 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["production"]:
         # ``production [NAME ...]``: issue 7's (the OpsStep patch).
         asyncio.run(main_production(sys.argv[2:]))
+    elif sys.argv[1:2] == ["cancellations"]:
+        # ``cancellations [NAME ...]``: a deep offline cancelled during its live migrations.
+        asyncio.run(main_cancellations(sys.argv[2:]))
     else:
         asyncio.run(main())
