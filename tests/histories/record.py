@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -117,9 +117,14 @@ async def record(
         await handle.result()
     except WorkflowFailureError:
         pass
+    history = await write_history(handle, name)
+    print(f"recorded {name} ({len(history.events)} events)")
+
+
+async def write_history(handle: WorkflowHandle[Any, Any], name: str) -> WorkflowHistory:
     history = await handle.fetch_history()
     (HERE / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
-    print(f"recorded {name} ({len(history.events)} events)")
+    return history
 
 
 async def main() -> None:
@@ -379,7 +384,9 @@ async def main_cancellations(only: list[str]) -> None:
             try:
                 async with (
                     HttpHouyiClient(simulator.url, recorder=store) as houyi,
-                    build_worker(env.client, task_queue, houyi=houyi, store=store, migration_poll_seconds=0.2),
+                    build_worker(
+                        env.client, task_queue, houyi=houyi, store=store, migration_poll_seconds=0.2
+                    ),
                 ):
                     handle = await env.client.start_workflow(
                         "NcDeepOffline",
@@ -400,8 +407,7 @@ async def main_cancellations(only: list[str]) -> None:
                         await handle.result()
                     except WorkflowFailureError:
                         pass
-                    history = await handle.fetch_history()
-                    (HERE / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+                    history = await write_history(handle, name)
                     final = await handle.query("status", result_type=OperationStatus)
                     states = sorted(vm.state.value for vm in final.vms)
                     print(f"recorded {name} ({len(history.events)} events; vms {states})")
