@@ -114,6 +114,7 @@ def activities_for(
         lifecycle.acquire_lease,
         lifecycle.release_lease,
         lifecycle.admit,
+        lifecycle.admit_hosts,
         lifecycle.void_admissions,
         lifecycle.check_capacity,
         evacuation.list_cluster_ncs,

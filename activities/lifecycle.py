@@ -59,6 +59,16 @@ class LeaseReleased(BaseModel):
     released: bool
 
 
+class AdmissionBatch(BaseModel):
+    """The admissions of a multi-host operation, decided in this order (the first hosts get the slots)."""
+
+    requests: list[AdmissionRequest]
+
+
+class AdmissionDecisions(BaseModel):
+    decisions: list[AdmissionDecision]
+
+
 class VoidAdmissions(BaseModel):
     workflow_id: str
     reason: str
@@ -155,6 +165,17 @@ class LifecycleActivities:
         if not decision.replayed:
             self._metrics.admissions.labels(request.opscode.value, decision.verdict.value).inc()
         return decision
+
+    @activity.defn(name="AdmitHosts")
+    async def admit_hosts(self, batch: AdmissionBatch) -> AdmissionDecisions:
+        """The admissions of several hosts in one activity, one transaction each, in the given order: what
+        ``AdmitOperation`` decides per host, without a workflow task between hosts. A retry replays the
+        decisions already recorded and decides the rest."""
+        decisions = []
+        for request in batch.requests:
+            decisions.append(await self.admit(request))
+            activity.heartbeat(len(decisions))
+        return AdmissionDecisions(decisions=decisions)
 
     @activity.defn(name="VoidAdmissions")
     async def void_admissions(self, request: VoidAdmissions) -> AdmissionsVoided:

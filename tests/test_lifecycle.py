@@ -853,6 +853,72 @@ async def test_re_online_of_one_host_failing_waits_while_the_others_finish_and_a
     await assert_nothing_held(store, *ips)
 
 
+async def test_re_online_over_the_cluster_limit_admits_the_first_hosts_in_order_and_abandons_the_rest(
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
+) -> None:
+    # The hosts are planned side by side and admitted by one activity: the order given still decides.
+    await store.lifecycle.set_flow_control_rule(
+        FlowControlRule(opscode=OpsCode.NC_RE_ONLINE, region_limit=10, cluster_limit=2)
+    )
+    hosts = await down_hosts(admin, 4)
+    ips = [nc["nc_ip"] for nc in hosts]
+    handle = await ops.start("NcReOnline", re_online_input(ips, parallel=4))
+    status = await ops.wait(handle, OpsState.PENDING_APPROVAL)
+    assert [h.nc_ip for h in status.hosts] == ips
+    await approve(handle)
+
+    result = await handle.result()
+
+    assert [(o.nc_ip, o.outcome) for o in result.hosts] == [
+        (ips[0], HostOutcomeKind.SUCCEEDED),
+        (ips[1], HostOutcomeKind.SUCCEEDED),
+        (ips[2], HostOutcomeKind.ABANDONED),
+        (ips[3], HostOutcomeKind.ABANDONED),
+    ]
+    assert f"cluster {CLUSTER}" in result.hosts[2].message
+    assert [(await admin.nc(ip))["biz_status"] for ip in ips] == ["free", "free", "nc_down", "nc_down"]
+    assert await admin.touched(ips[2]) == {} and await admin.touched(ips[3]) == {}
+    decisions = await store.lifecycle.admissions(f"{handle.id}/{ips[2]}")
+    assert [d.verdict.value for d in decisions] == ["abandoned"]
+    await assert_nothing_held(store, *ips)
+
+
+async def test_re_online_with_a_busy_host_among_several_is_refused_naming_it_and_holds_no_lease(
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
+) -> None:
+    first, busy, last = await down_hosts(admin, 3)
+    holder = await ops.start("NcReOnline", re_online_input([busy["nc_ip"]]))
+    await ops.wait(holder, OpsState.PENDING_APPROVAL)
+
+    refused = await ops.start("NcReOnline", re_online_input([first["nc_ip"], busy["nc_ip"], last["nc_ip"]]))
+    error = await failure_of(refused)
+
+    assert error.type == errors.HOST_BUSY
+    assert f"NC {busy['nc_ip']} is held by 0x400011 workflow {holder.id}" in error.message
+    assert await store.lifecycle.lease(first["nc_ip"]) is None
+    assert await store.lifecycle.lease(last["nc_ip"]) is None
+    lease = await store.lifecycle.lease(busy["nc_ip"])
+    assert lease is not None and lease.workflow_id == holder.id
+    assert await store.get_operation(refused.id) is None
+    assert [(await admin.nc(nc["nc_ip"]))["biz_status"] for nc in (first, busy, last)] == ["nc_down"] * 3
+
+
+async def test_re_online_naming_an_unknown_host_among_several_is_refused_naming_the_first_unknown(
+    ops: Operations, admin: SimulatorAdmin, store: OperationStore
+) -> None:
+    first, last = await down_hosts(admin, 2)
+    ips = [first["nc_ip"], "10.250.0.7", "10.250.0.8", last["nc_ip"]]
+
+    error = await failure_of(await ops.start("NcReOnline", re_online_input(ips)))
+
+    assert error.type == errors.NC_NOT_FOUND
+    assert error.message == "no NC with IP 10.250.0.7"
+    for nc_ip in (first["nc_ip"], last["nc_ip"]):
+        assert await store.lifecycle.lease(nc_ip) is None
+        assert await admin.touched(nc_ip) == {}
+    assert await store.list_operations() == []
+
+
 # ---- refusals -------------------------------------------------------------------------------------------
 
 

@@ -63,6 +63,8 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         # A deep offline cancelled during its live migrations, before and with "lanes-end-together".
         "nc_deep_offline_cancelled_in_live_migration_before_lanes_patch",
         "nc_deep_offline_cancelled_in_live_migration",
+        # A re-online of four hosts with "batched-host-planning" (nc_re_online_step_retried: before it).
+        "nc_re_online_batched_planning",
     }
     recorded_types = {
         json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"][

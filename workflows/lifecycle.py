@@ -23,6 +23,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities.lifecycle import (
+        AdmissionBatch,
         CapacityRequest,
         LeaseRelease,
         LeaseRequest,
@@ -50,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.opscodes import CATALOG, OpsCode, OpsCodeSpec
     from domain.residue import ProcessPlan
     from runtime import search_attributes as sa
-    from store.lifecycle import AdmissionRequest, AdmissionVerdict
+    from store.lifecycle import AdmissionDecision, AdmissionRequest, AdmissionVerdict, LeaseResult
     from store.repository import AuditEntry, AuditResult, NewOperation
     from workflows.common import HOUYI_READ, STORE, STORE_LOCAL, cause_type
 
@@ -69,6 +70,9 @@ UPSERT_ONLY_CHANGES = "upsert-only-changed-search-attributes"
 LOCAL_STORE_WRITES = "local-store-writes"
 # Parallel lanes (live migrations, re-onlines, cleanups, recycles) end together: workflows.common.run_lanes.
 # LANES_END_TOGETHER = "lanes-end-together", defined there.
+# A multi-host operation reads its hosts and takes their leases side by side, and has them admitted by one
+# activity (AdmitHosts): it did each host in turn, ~3 workflow tasks per host before the first action.
+BATCHED_HOST_PLANNING = "batched-host-planning"
 
 # How long a failed step waits for an operator before the operation ends as failed.
 STEP_FAILED_TIMEOUT = timedelta(hours=24)
@@ -439,13 +443,35 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
     async def describe(self, nc_ip: str) -> NcDetail:
         """The host as Houyi has it now; an unknown IP is a refusal."""
         try:
-            detail = await workflow.execute_activity_method(
-                NcActivities.describe_nc, DescribeNcInput(caller=self.workflow_id, nc_ip=nc_ip), **HOUYI_READ
-            )
+            detail = await self._read_nc(nc_ip)
         except ActivityError as failure:
-            if cause_type(failure) == errors.NC_NOT_FOUND:
-                await self.refuse(errors.NC_NOT_FOUND, f"no NC with IP {nc_ip}")
-            raise
+            await self._read_failed(nc_ip, failure)
+        return self._plan_host(nc_ip, detail)
+
+    async def describe_all(self, nc_ips: list[str]) -> list[NcDetail]:
+        """Several hosts, read side by side and planned in the given order; the first unknown IP (in that
+        order) is the refusal."""
+        if len(nc_ips) < 2 or not workflow.patched(BATCHED_HOST_PLANNING):
+            return [await self.describe(nc_ip) for nc_ip in nc_ips]
+        read = await asyncio.gather(*(self._read_nc(nc_ip) for nc_ip in nc_ips), return_exceptions=True)
+        details = []
+        for nc_ip, outcome in zip(nc_ips, read, strict=True):
+            if isinstance(outcome, BaseException):
+                await self._read_failed(nc_ip, outcome)
+            details.append(outcome)
+        return [self._plan_host(nc_ip, detail) for nc_ip, detail in zip(nc_ips, details, strict=True)]
+
+    async def _read_nc(self, nc_ip: str) -> NcDetail:
+        return await workflow.execute_activity_method(
+            NcActivities.describe_nc, DescribeNcInput(caller=self.workflow_id, nc_ip=nc_ip), **HOUYI_READ
+        )
+
+    async def _read_failed(self, nc_ip: str, failure: BaseException) -> NoReturn:
+        if isinstance(failure, ActivityError) and cause_type(failure) == errors.NC_NOT_FOUND:
+            await self.refuse(errors.NC_NOT_FOUND, f"no NC with IP {nc_ip}")
+        raise failure
+
+    def _plan_host(self, nc_ip: str, detail: NcDetail) -> NcDetail:
         self.details[nc_ip] = detail
         nc = detail.nc
         self.status.hosts.append(
@@ -526,27 +552,51 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
     # ---- host lease --------------------------------------------------------------------------------
 
     async def _acquire_leases(self) -> None:
-        for host in self.status.hosts:
-            result = await workflow.execute_activity_method(
-                LifecycleActivities.acquire_lease,
-                LeaseRequest(
-                    nc_ip=host.nc_ip,
-                    nc_id=host.nc_id,
-                    cluster_id=host.cluster_id,
-                    workflow_id=self.workflow_id,
-                    opscode=self.OPSCODE,
-                ),
-                **STORE,
-            )
+        hosts = self.status.hosts
+        if len(hosts) > 1 and workflow.patched(BATCHED_HOST_PLANNING):
+            # Side by side: a lease is taken or refused at once, never waited for, so no two operations
+            # can hold each other up; any refusal gives back every lease taken.
+            results = await asyncio.gather(*(self._lease(h) for h in hosts), return_exceptions=True)
+            self._leased += [
+                h.nc_ip
+                for h, r in zip(hosts, results, strict=True)
+                if isinstance(r, LeaseResult) and r.acquired
+            ]
+            for host, result in zip(hosts, results, strict=True):
+                if isinstance(result, BaseException):
+                    await self._release_leases()
+                    raise result
+                if not result.acquired:
+                    await self._release_leases()
+                    await self._refuse_busy(host, result)
+            return
+        for host in hosts:
+            result = await self._lease(host)
             if not result.acquired:
                 await self._release_leases()
-                holder = result.holder
-                await self.refuse(
-                    errors.HOST_BUSY,
-                    f"NC {host.nc_ip} is held by {holder.opscode.value} workflow {holder.workflow_id} "
-                    f"since {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC",
-                )
+                await self._refuse_busy(host, result)
             self._leased.append(host.nc_ip)
+
+    async def _lease(self, host: PlannedHost) -> LeaseResult:
+        return await workflow.execute_activity_method(
+            LifecycleActivities.acquire_lease,
+            LeaseRequest(
+                nc_ip=host.nc_ip,
+                nc_id=host.nc_id,
+                cluster_id=host.cluster_id,
+                workflow_id=self.workflow_id,
+                opscode=self.OPSCODE,
+            ),
+            **STORE,
+        )
+
+    async def _refuse_busy(self, host: PlannedHost, result: LeaseResult) -> NoReturn:
+        holder = result.holder
+        await self.refuse(
+            errors.HOST_BUSY,
+            f"NC {host.nc_ip} is held by {holder.opscode.value} workflow {holder.workflow_id} "
+            f"since {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC",
+        )
 
     async def _release_leases(self) -> None:
         while self._leased:
@@ -566,24 +616,36 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         bypass = getattr(getattr(request, "settings", None), "need_limit", 1) == 0
         held_reasons: list[str] = []
         admitted = 0
-        for host in self.status.hosts:
-            decision = await workflow.execute_activity_method(
-                LifecycleActivities.admit,
-                AdmissionRequest(
-                    # One admission per host: a multi-host operation counts each host it touches.
-                    workflow_id=self.workflow_id
-                    if len(self.status.hosts) == 1
-                    else f"{self.workflow_id}/{host.nc_ip}",
-                    opscode=self.OPSCODE,
-                    region_id=host.region_id,
-                    cluster_id=host.cluster_id,
-                    nc_ip=host.nc_ip,
-                    source=request.source,
-                    at=workflow.now(),
-                    bypass_flow_control=bypass,
-                ),
+        hosts = self.status.hosts
+
+        def asking(host: PlannedHost) -> AdmissionRequest:
+            return AdmissionRequest(
+                # One admission per host: a multi-host operation counts each host it touches.
+                workflow_id=self.workflow_id if len(hosts) == 1 else f"{self.workflow_id}/{host.nc_ip}",
+                opscode=self.OPSCODE,
+                region_id=host.region_id,
+                cluster_id=host.cluster_id,
+                nc_ip=host.nc_ip,
+                source=request.source,
+                at=workflow.now(),
+                bypass_flow_control=bypass,
+            )
+
+        decided: list[AdmissionDecision] | None = None
+        if len(hosts) > 1 and workflow.patched(BATCHED_HOST_PLANNING):
+            batch = await workflow.execute_activity_method(
+                LifecycleActivities.admit_hosts,
+                AdmissionBatch(requests=[asking(h) for h in hosts]),
                 **STORE,
             )
+            decided = batch.decisions
+        for index, host in enumerate(hosts):
+            if decided is not None:
+                decision = decided[index]
+            else:
+                decision = await workflow.execute_activity_method(
+                    LifecycleActivities.admit, asking(host), **STORE
+                )
             if decision.bypassed and not decision.replayed:
                 await self.audit(
                     "flow_control_bypass", AuditResult.OK, params={"nc_ip": host.nc_ip, "needLimit": 0}

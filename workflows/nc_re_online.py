@@ -44,7 +44,7 @@ class NcReOnlineWorkflow(OperationWorkflow[NcReOnlineInput]):
         return await self.lifecycle(raw_input)
 
     async def plan(self, request: NcReOnlineInput) -> list[str]:
-        ncs = [(await self.describe(nc_ip)).nc for nc_ip in request.nc_ips]
+        ncs = [detail.nc for detail in await self.describe_all(request.nc_ips)]
         settings = request.settings
         if not settings.ignore_status:
             problems = [problem for nc in ncs if (problem := self._not_ready(nc))]

@@ -250,10 +250,11 @@ class WildVmCleanupWorkflow(ResidueCleanupWorkflow[WildVmCleanupInput]):
             candidates = [(nc.nc_ip, nc.nc_id) for nc in hosts if nc.power_state is PowerState.ON]
             scope = f"cluster {request.cluster_id}: {len(candidates)} powered-on host(s) of {len(hosts)}"
         else:
-            candidates = []
-            for nc_ip in request.nc_ips or []:
-                detail = await self.describe(nc_ip)
-                candidates.append((nc_ip, detail.nc.nc_id))
+            nc_ips = request.nc_ips or []
+            candidates = [
+                (nc_ip, detail.nc.nc_id)
+                for nc_ip, detail in zip(nc_ips, await self.describe_all(nc_ips), strict=True)
+            ]
             scope = f"{len(candidates)} host(s)"
         processes: list[ProcessPlan] = []
         for _, nc_id in candidates:
@@ -268,8 +269,7 @@ class WildVmCleanupWorkflow(ResidueCleanupWorkflow[WildVmCleanupInput]):
         if request.cluster_id is not None:
             # Only the hosts with something to destroy become part of the operation (leased, admitted);
             # a clean sweep still records one host so the operation has its row.
-            for nc_ip, _ in dirty or candidates[:1]:
-                await self.describe(nc_ip)
+            await self.describe_all([nc_ip for nc_ip, _ in dirty or candidates[:1]])
         self._dirty = [ip for ip, _ in dirty]
         self.declare_steps(*[(clean_step(ip), True) for ip in self._dirty])
         doomed = [p for p in processes if p.destroy]

@@ -360,6 +360,28 @@ async def main_production(only: list[str]) -> None:
                             (OpsState.STEP_FAILED, "retry_step", StepCommandInput(operator="admin")),
                         ],
                     )  # fmt: skip
+                # With "batched-host-planning": four hosts read and leased side by side, admitted by one
+                # activity; one status change fails 5 times and is retried.
+                name = "nc_re_online_batched_planning"
+                if not only or name in only:
+                    down = [nc["nc_ip"] for nc in await admin.ncs() if nc["biz_status"] == "nc_down"][:2]
+                    for _ in range(4 - len(down)):
+                        host = await admin.first_nc("free", exclude=set(down))
+                        await admin.patch_nc(host["nc_ip"], biz_status="nc_down")
+                        down.append(host["nc_ip"])
+                    broken = next(nc["nc_id"] for nc in await admin.ncs() if nc["nc_ip"] == down[1])
+                    await admin.inject(
+                        action="set_nc_status", code=500, message="control plane busy", count=5, nc_id=broken
+                    )
+                    await record(
+                        env.client, task_queue, name,
+                        {"nc_ips": down, "requester": "alice", "reason_category": "hang", "settings": {"parallel": 2}},
+                        workflow_type="NcReOnline",
+                        signals=[
+                            (OpsState.PENDING_APPROVAL, "approve", ApprovalInput(approver="approver1", comment="ok")),
+                            (OpsState.STEP_FAILED, "retry_step", StepCommandInput(operator="admin")),
+                        ],
+                    )  # fmt: skip
         finally:
             await simulator.stop()
 
