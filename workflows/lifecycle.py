@@ -74,6 +74,21 @@ LOCAL_STORE_WRITES = "local-store-writes"
 # activity (AdmitHosts): it did each host in turn, ~3 workflow tasks per host before the first action.
 BATCHED_HOST_PLANNING = "batched-host-planning"
 
+# Reads and leases of a multi-host operation run at most this many at once: Temporal caps the activities
+# a workflow may have pending (2,000 by default), and a cluster sweep may cover more hosts.
+SIDE_BY_SIDE = 100
+
+
+async def side_by_side(items: list[ArgT], call: Callable[[ArgT], Awaitable[T]]) -> list[T | BaseException]:
+    """``call`` over ``items`` concurrently, ``SIDE_BY_SIDE`` at a time; the results (or the exception each
+    raised) in the order of ``items``, whatever order they came in."""
+    results: list[T | BaseException] = []
+    for start in range(0, len(items), SIDE_BY_SIDE):
+        chunk = items[start : start + SIDE_BY_SIDE]
+        results += await asyncio.gather(*(call(item) for item in chunk), return_exceptions=True)
+    return results
+
+
 # How long a failed step waits for an operator before the operation ends as failed.
 STEP_FAILED_TIMEOUT = timedelta(hours=24)
 
@@ -453,7 +468,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         order) is the refusal."""
         if len(nc_ips) < 2 or not workflow.patched(BATCHED_HOST_PLANNING):
             return [await self.describe(nc_ip) for nc_ip in nc_ips]
-        read = await asyncio.gather(*(self._read_nc(nc_ip) for nc_ip in nc_ips), return_exceptions=True)
+        read = await side_by_side(nc_ips, self._read_nc)
         details = []
         for nc_ip, outcome in zip(nc_ips, read, strict=True):
             if isinstance(outcome, BaseException):
@@ -556,7 +571,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         if len(hosts) > 1 and workflow.patched(BATCHED_HOST_PLANNING):
             # Side by side: a lease is taken or refused at once, never waited for, so no two operations
             # can hold each other up; any refusal gives back every lease taken.
-            results = await asyncio.gather(*(self._lease(h) for h in hosts), return_exceptions=True)
+            results = await side_by_side(hosts, self._lease)
             self._leased += [
                 h.nc_ip
                 for h, r in zip(hosts, results, strict=True)
