@@ -26,7 +26,8 @@ Half as many (``PROFILE_HOSTS``), to keep the run short: it is compared by CPU p
 
 All run on one worker per kind set up the same way (``build_worker``'s slots: 100 activities, 100 workflow
 tasks, the sandboxed workflow runner), on fresh task queues, ``STARTERS`` concurrent starts; bare first, then
-ours, then bare with upserts and payloads. Printed: wall time ours / bare (target <= 1.3), and where the
+ours, then bare with upserts and payloads, then ``IDLE_SECONDS`` with both workers polling and nothing to run
+(what the longer of two batches costs only for lasting longer). Printed: wall time ours / bare (target <= 1.3), and where the
 time goes: CPU seconds by process, events and workflow tasks per run, per activity type its count and time,
 Houyi calls and store rows per run.
 """
@@ -83,6 +84,7 @@ POLL_SECONDS = 0.005  # power and migration polls
 MAX_CONCURRENT_ACTIVITIES = 100  # build_worker's defaults, for both workers
 MAX_CONCURRENT_WORKFLOW_TASKS = 100
 STARTERS = 20
+IDLE_SECONDS = 10.0  # the idle window after the batches
 TARGET = 1.3
 RESULTS = Path(__file__).parent / "results" / "overhead.md"
 COMMAND = ".venv/bin/python -m bench.overhead"
@@ -506,6 +508,7 @@ class Measured:
     bare: Batch  # no-op activities only, in our batches
     ours: Batch
     shaped: Batch  # the bare workflow with our upserts and payload sizes too
+    idle: Batch  # both workers polling, no workflow to run
     profiles: dict[str, HistoryProfile]  # by batch label
     tasks: dict[int, list[dict[str, Any]]]  # the pilot's workflow tasks, by VM count
     houyi_calls: list[tuple[str, int, float]]  # action, calls, mean latency ms
@@ -620,6 +623,12 @@ async def measure(workdir: Path) -> Measured:
                     ],
                     meter,
                 )
+                # Both workers up, nothing to run: what the processes burn per second just polling, to
+                # tell how much of ours' extra CPU comes only from its batch lasting longer.
+                meter.start()
+                began_idle = time.monotonic()
+                await asyncio.sleep(IDLE_SECONDS)
+                idle = Batch("idle", time.monotonic() - began_idle, meter.stop(), [])
         profiles: dict[str, HistoryProfile] = {}
         for batch in (bare, ours, shaped):
             profiles[batch.label] = HistoryProfile()
@@ -653,6 +662,7 @@ async def measure(workdir: Path) -> Measured:
         bare=bare,
         ours=ours,
         shaped=shaped,
+        idle=idle,
         profiles=profiles,
         tasks=tasks,
         houyi_calls=houyi_calls,
@@ -764,6 +774,18 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
         "is the work behind our activities and workflow code (store writes, Houyi calls and the simulator "
         "answering them, logging, pydantic models, the status rendered at every state change).",
     ]
+    # Idle cost per second, charged over the seconds ours' batch lasted longer than bare's.
+    idle_rate = {c: m.idle.cpu[c] / m.idle.seconds for c in COMPONENTS}
+    longer = m.ours.seconds - m.bare.seconds
+    idle_share = {c: idle_rate[c] * longer / runs * 1000 for c in COMPONENTS}
+    lines += [
+        "",
+        f"Idle, both workers polling and nothing to run ({m.idle.seconds:.0f} s), the processes use "
+        + ", ".join(f"{c} {idle_rate[c] * 1000:.0f}" for c in COMPONENTS)
+        + f" CPU ms per second. Ours' batch lasted {longer:.1f} s longer than bare's; at that idle rate the "
+        f"longer batch alone costs {sum(idle_share.values()):.0f} ms per run of the {total_extra:.0f} ms "
+        "(" + ", ".join(f"{c} {idle_share[c]:.0f} ms" for c in COMPONENTS) + ").",
+    ]
     event_names = sorted(set(op.events) | set(bp.events), key=lambda n: -op.events[n])
     lines += [
         "",
@@ -866,6 +888,14 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
         row(
             "CPU per bare run with our upserts and payloads (all processes)",
             round(cpu[SHAPED] / len(m.shaped.workflow_ids) * 1000, 1),
+            "ms",
+        ),
+        row(
+            "CPU idle, both workers polling (all processes)", round(sum(idle_rate.values()) * 1000, 1), "ms/s"
+        ),
+        row(
+            "of the extra CPU per deep offline, its longer batch at the idle rate",
+            round(sum(idle_share.values()), 1),
             "ms",
         ),
     ]
