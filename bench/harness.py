@@ -4,11 +4,14 @@ database on ``DATABASE_URL`` or the embedded server under var/bench."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -21,13 +24,42 @@ from store.repository import OperationStore
 BENCH_DATA_DIR = Path("var/bench")
 
 
-async def dev_server() -> WorkflowEnvironment:
+async def dev_server(metrics_port: int | None = None) -> WorkflowEnvironment:
+    """With ``metrics_port``, the server serves its own Prometheus metrics there (``server_counters``)."""
     return await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=find_binary("temporal"),
         search_attributes=list(search_attributes.ALL),
         dev_server_log_level="error",
+        dev_server_extra_args=["--metrics-port", str(metrics_port)] if metrics_port else [],
     )
+
+
+# The Temporal server's own counters that say what work it did: persistence and visibility requests by
+# operation, history tasks by type, task-queue polls answered (sync match or from the backlog).
+SERVER_COUNTERS = ("persistence_requests", "visibility_persistence_requests", "task_requests")
+SERVER_COUNTER_PREFIXES = ("poll_success",)
+_OPERATION = re.compile(r'operation="([^"]*)"')
+
+
+async def server_counters(metrics_port: int) -> dict[str, float]:
+    """The server's counters now, summed over their other labels, keyed ``name operation``."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{metrics_port}/metrics") as answer,
+    ):
+        text = await answer.text()
+    counters: defaultdict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name = series.split("{", 1)[0]
+        if name not in SERVER_COUNTERS and not name.startswith(SERVER_COUNTER_PREFIXES):
+            continue
+        operation = _OPERATION.search(series)
+        counters[f"{name} {operation.group(1)}" if operation else name] += float(value)
+    return dict(counters)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.common import SearchAttributeKey
     from temporalio.worker import Worker
 
-    from bench.harness import CpuMeter, dev_server, fresh_database
+    from bench.harness import CpuMeter, dev_server, fresh_database, server_counters
     from deploy.processes import free_port, houyi_simulator
     from domain.operations import OperationResult, OpsState
     from domain.opscodes import OpsCode
@@ -85,6 +85,7 @@ MAX_CONCURRENT_ACTIVITIES = 100  # build_worker's defaults, for both workers
 MAX_CONCURRENT_WORKFLOW_TASKS = 100
 STARTERS = 20
 IDLE_SECONDS = 10.0  # the idle window after the batches
+SERVER_ROWS = 24  # server counters shown, the biggest differences ours - bare (either way) first
 TARGET = 1.3
 RESULTS = Path(__file__).parent / "results" / "overhead.md"
 COMMAND = ".venv/bin/python -m bench.overhead"
@@ -455,6 +456,7 @@ class Batch:
     seconds: float
     cpu: dict[str, float]
     workflow_ids: list[str]
+    server: dict[str, float] = field(default_factory=dict)  # the server's own counters over the batch
 
 
 async def run_batch(
@@ -463,6 +465,7 @@ async def run_batch(
     label: str,
     jobs: list[tuple[str, str, Any]],
     meter: CpuMeter,
+    metrics_port: int,
 ) -> Batch:
     """Starts (workflow type, id, input) jobs ``STARTERS`` at a time and waits for every result."""
     gate = asyncio.Semaphore(STARTERS)
@@ -474,18 +477,20 @@ async def run_batch(
             )
         return await handle.result()
 
+    counted = await server_counters(metrics_port)
     meter.start()
     began = time.monotonic()
     results = await asyncio.wait_for(asyncio.gather(*(one(*job) for job in jobs)), 600)
     seconds = time.monotonic() - began
     cpu = meter.stop()
+    server = {k: v - counted.get(k, 0.0) for k, v in (await server_counters(metrics_port)).items()}
     for (workflow_type, workflow_id, _), result in zip(jobs, results, strict=True):
         if workflow_type == "NcDeepOffline":
             outcome = OperationResult.model_validate(result)
             if outcome.state is not OpsState.SUCCEEDED:
                 raise SystemExit(f"{workflow_id}: {outcome.state.value}: {outcome.message}")
     print(f"  {label}: {len(jobs)} workflows in {seconds:.1f} s", flush=True)
-    return Batch(label, seconds, cpu, [job[1] for job in jobs])
+    return Batch(label, seconds, cpu, [job[1] for job in jobs], server)
 
 
 def bare_worker(client: Client, task_queue: str) -> Worker:
@@ -532,7 +537,8 @@ async def measure(workdir: Path) -> Measured:
     pilots, sources = sources[: len(VM_COUNTS)], sources[len(VM_COUNTS) :]
     fleet_path = workdir / "fleet.json"
     fleet_path.write_text(json.dumps(fleet))
-    env = await dev_server()
+    metrics_port = free_port()
+    env = await dev_server(metrics_port)
     database = await fresh_database("bench_overhead")
     simulator = None
     store = await OperationStore.connect(database.url)  # the worker's pool, as deployed
@@ -588,6 +594,7 @@ async def measure(workdir: Path) -> Measured:
                         for p in pilots
                     ],
                     meter,
+                    metrics_port,
                 )
                 tasks = {
                     p.vms: history_tasks(h)
@@ -602,6 +609,7 @@ async def measure(workdir: Path) -> Measured:
                     BARE,
                     [("BareOverhead", f"bare-{s.nc_ip}-{run_tag}", plain(tasks[s.vms])) for s in sources],
                     meter,
+                    metrics_port,
                 )
                 ours = await run_batch(
                     client,
@@ -612,6 +620,7 @@ async def measure(workdir: Path) -> Measured:
                         for s in sources
                     ],
                     meter,
+                    metrics_port,
                 )
                 shaped = await run_batch(
                     client,
@@ -622,6 +631,7 @@ async def measure(workdir: Path) -> Measured:
                         for s in sources[:PROFILE_HOSTS]
                     ],
                     meter,
+                    metrics_port,
                 )
                 # Both workers up, nothing to run: what the processes burn per second just polling, to
                 # tell how much of ours' extra CPU comes only from its batch lasting longer.
@@ -786,6 +796,38 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
         f"longer batch alone costs {sum(idle_share.values()):.0f} ms per run of the {total_extra:.0f} ms "
         "(" + ", ".join(f"{c} {idle_share[c]:.0f} ms" for c in COMPONENTS) + ").",
     ]
+
+    def server_per_run(batch: Batch, key: str) -> float:
+        return batch.server.get(key, 0.0) / len(batch.workflow_ids)
+
+    def persistence_per_run(batch: Batch) -> float:
+        return sum(server_per_run(batch, k) for k in batch.server if k.startswith("persistence_requests "))
+
+    server_keys = sorted(
+        (
+            k
+            for k in set(m.ours.server) | set(m.bare.server)
+            if max(server_per_run(b, k) for b in batches) >= 0.5
+        ),
+        key=lambda k: -abs(server_per_run(m.ours, k) - server_per_run(m.bare, k)),
+    )
+    lines += [
+        "",
+        "What the Temporal server did per run, from its own metrics (`persistence_requests` and "
+        "`visibility_persistence_requests` by operation, `task_requests` by history task, `poll_success*`: "
+        "task-queue polls answered, `_sync` by a sync match), the biggest differences (either way) first:",
+        "",
+        "| server counter | ours | bare | bare + upserts, payloads | ours - bare |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *[
+            f"| {k} | {server_per_run(m.ours, k):.1f} | {server_per_run(m.bare, k):.1f} | "
+            f"{server_per_run(m.shaped, k):.1f} | {server_per_run(m.ours, k) - server_per_run(m.bare, k):+.1f} |"
+            for k in server_keys[:SERVER_ROWS]
+        ],
+        "| **persistence requests, all** | "
+        + " | ".join(f"{persistence_per_run(b):.1f}" for b in (m.ours, m.bare, m.shaped))
+        + f" | {persistence_per_run(m.ours) - persistence_per_run(m.bare):+.1f} |",
+    ]
     event_names = sorted(set(op.events) | set(bp.events), key=lambda n: -op.events[n])
     lines += [
         "",
@@ -890,6 +932,10 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
             round(cpu[SHAPED] / len(m.shaped.workflow_ids) * 1000, 1),
             "ms",
         ),
+        row(
+            "server persistence requests per deep offline", round(persistence_per_run(m.ours), 1), "requests"
+        ),
+        row("server persistence requests per bare run", round(persistence_per_run(m.bare), 1), "requests"),
         row(
             "CPU idle, both workers polling (all processes)", round(sum(idle_rate.values()) * 1000, 1), "ms/s"
         ),
