@@ -27,9 +27,10 @@ Half as many (``PROFILE_HOSTS``), to keep the run short: it is compared by CPU p
 All run on one worker per kind set up the same way (``build_worker``'s slots: 100 activities, 100 workflow
 tasks, the sandboxed workflow runner), on fresh task queues, ``STARTERS`` concurrent starts; bare first, then
 ours, then bare with upserts and payloads, then ``IDLE_SECONDS`` with both workers polling and nothing to run
-(what the longer of two batches costs only for lasting longer). Printed: wall time ours / bare (target <= 1.3), and where the
-time goes: CPU seconds by process, events and workflow tasks per run, per activity type its count and time,
-Houyi calls and store rows per run.
+(what the longer of two batches costs only for lasting longer). Printed: wall time ours / bare (target <= 1.3),
+and where the time goes: CPU seconds by process, the Temporal server's own counters (persistence requests,
+history tasks, polls), events and workflow tasks per run, per activity type its count and time, Houyi calls
+and store rows per run.
 """
 
 from __future__ import annotations
