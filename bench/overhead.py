@@ -815,8 +815,10 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
     lines += [
         "",
         "What the Temporal server did per run, from its own metrics (`persistence_requests` and "
-        "`visibility_persistence_requests` by operation, `task_requests` by history task, `poll_success*`: "
-        "task-queue polls answered, `_sync` by a sync match), the biggest differences (either way) first:",
+        "`visibility_persistence_requests` by operation, `task_requests` by history task, `service_requests`: "
+        "RPCs served, by operation, `poll_success*`: task-queue polls answered, `_sync` by a sync match; the "
+        "server runs with its search-attribute cache on, as in production: `bench.harness.SEARCH_ATTRIBUTE_CACHE`), "
+        "the biggest differences (either way) first:",
         "",
         "| server counter | ours | bare | bare + upserts, payloads | ours - bare |",
         "| --- | ---: | ---: | ---: | ---: |",

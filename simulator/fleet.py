@@ -687,8 +687,17 @@ class Fleet:
     def _schedulable(self, nc: Nc) -> bool:
         return nc.biz_status.schedulable and self._power_state(nc.nc_id) is PowerState.ON
 
-    def _view(self, nc: Nc) -> Nc:
-        used_vcpu, used_memory = self._used(nc.nc_id)
+    def _used_by_nc(self) -> dict[str, tuple[int, int]]:
+        """``_used`` of every NC in one pass over the VMs (a cluster listing would scan them once per NC)."""
+        used: dict[str, tuple[int, int]] = {}
+        for vm in self._vms.values():
+            if vm.status is not VmStatus.RELEASED:
+                vcpu, memory = used.get(vm.nc_id, (0, 0))
+                used[vm.nc_id] = (vcpu + vm.vcpu, memory + vm.memory_gib)
+        return used
+
+    def _view(self, nc: Nc, used: tuple[int, int] | None = None) -> Nc:
+        used_vcpu, used_memory = self._used(nc.nc_id) if used is None else used
         return nc.model_copy(
             update={
                 "power_state": self._power_state(nc.nc_id),
@@ -711,8 +720,9 @@ class Fleet:
 
     def list_ncs(self, *, region_id: str | None = None, cluster_id: str | None = None) -> list[Nc]:
         self._advance()
+        used = self._used_by_nc()
         return [
-            self._view(nc)
+            self._view(nc, used.get(nc.nc_id, (0, 0)))
             for nc in self._ncs.values()
             if (region_id is None or nc.region_id == region_id)
             and (cluster_id is None or nc.cluster_id == cluster_id)

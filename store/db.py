@@ -91,11 +91,19 @@ async def create_pool(
         if init is not None:
             await init(conn)
 
+    kwargs.setdefault("reset", keep_session)
     with translated_errors("connecting to the database"):
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=init_with_codecs, **kwargs
         )
     return pool
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset when a connection goes back: nothing beyond the rollback of an open transaction,
+    which asyncpg always does. The default also sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL``, a round trip per store call, undoing session state the store never leaves: its advisory
+    locks are transaction-scoped, and it runs no LISTEN, SET or cursor outside a transaction."""
 
 
 @asynccontextmanager

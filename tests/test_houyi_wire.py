@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 
 from domain import errors
@@ -31,6 +35,51 @@ def test_an_envelope_round_trips_nested_data() -> None:
         "vms": [{"vm_id": "i-abc123def", "devices": []}, {"vm_id": "i-abc123deg", "devices": ["gpu"]}],
         "empty": [],
     }
+
+
+def _tree_into(element: ET.Element, value: Any) -> None:
+    """The envelope's data as an ElementTree, the way the encoder wrote it before it wrote strings."""
+    if value is None:
+        element.set("nil", "true")
+    elif isinstance(value, Mapping):
+        element.set("type", "map")
+        for key, item in value.items():
+            _tree_into(ET.SubElement(element, str(key)), item)
+    elif isinstance(value, list | tuple):
+        element.set("type", "list")
+        for item in value:
+            _tree_into(ET.SubElement(element, "item"), item)
+    else:
+        element.text = wire._scalar_text(value)
+
+
+def _tree_envelope(envelope: wire.Envelope) -> bytes:
+    rsp = ET.Element("rsp")
+    ET.SubElement(rsp, "code").text = str(envelope.code)
+    ET.SubElement(rsp, "msg").text = envelope.msg
+    ET.SubElement(rsp, "requestId").text = envelope.request_id
+    _tree_into(ET.SubElement(rsp, "data"), envelope.data)
+    return ET.tostring(rsp, encoding="utf-8", xml_declaration=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        "",
+        "a < b & c > d \"quoted\" 'single' \u4e2d\u6587",
+        {"nc": {"nc_id": "14783-4", "ok": True, "off": False, "n": 96, "x": 1.5, "sn": None, "s": ""}},
+        {"empty_map": {}, "empty_list": [], "nested": [[], [{}], [None, "", "<&>"]]},
+        [{"vm_id": f"i-{i}", "devices": ["gpu"] * (i % 3)} for i in range(5)],
+    ],
+)
+def test_the_envelope_is_byte_for_byte_what_elementtree_writes(data: Any) -> None:
+    envelope = wire.Envelope(code=400, msg="bad <param> & more", request_id="r-&1", data=data)
+    assert wire.encode_envelope(envelope) == _tree_envelope(envelope)
+    assert (
+        wire.decode_envelope(wire.encode_envelope(envelope)).data
+        == wire.decode_envelope(_tree_envelope(envelope)).data
+    )
 
 
 def test_an_error_envelope_carries_code_and_message() -> None:

@@ -13,7 +13,7 @@ import pytest
 from domain.operations import OperationSource, OpsState, ReasonCategory
 from domain.opscodes import OpsCode
 from houyi.port import CallRecorder, HouyiCallRecord
-from store.db import Migration, load_migrations, migrate
+from store.db import Migration, create_pool, load_migrations, migrate
 from store.errors import OperationNotFound, StoreConflict, StoreError, StoreUnavailable, translated_errors
 from store.repository import TABLES, AuditEntry, AuditResult, NewOperation, OperationStore
 
@@ -461,3 +461,26 @@ async def test_a_connection_the_server_terminates_mid_query_is_reported_unavaila
     finally:
         await victim.close()
         await admin.close()
+
+
+async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip_but_rolled_back(
+    database_url: str,
+) -> None:
+    """store.db.keep_session: giving a connection back sends no query unless a transaction is left open,
+    and then only the rollback (the default reset sent four statements after every store call)."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        sent: list[str] = []
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+            await conn.fetchval("SELECT 1")
+        async with pool.acquire() as conn:
+            assert sent == ["SELECT 1"]
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+        async with pool.acquire() as conn:
+            assert sent[-1] == "ROLLBACK"
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    finally:
+        await pool.close()
