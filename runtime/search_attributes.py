@@ -16,7 +16,9 @@ CLUSTER = SearchAttributeKey.for_keyword("Cluster")
 OPS_STATE = SearchAttributeKey.for_keyword("OpsState")
 REQUESTER = SearchAttributeKey.for_keyword("Requester")
 
-# The step running, or the one that failed (set by operations started on code with the OPS_STEP patch).
+# The step where the operation stopped: the failed step while it waits in StepFailed, the last step run once it
+# has ended; unset while it runs (workflows.lifecycle.OPS_STEP_WHERE_IT_STOPS; operations started before that
+# patch name the running step too).
 OPS_STEP = SearchAttributeKey.for_keyword("OpsStep")
 
 ALL = (OPS_CODE, NC_IP, REGION, CLUSTER, OPS_STATE, REQUESTER, OPS_STEP)

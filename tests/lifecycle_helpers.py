@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -206,6 +207,26 @@ async def wait_status(
 async def ops_state_attribute(handle: WorkflowHandle[Any, Any]) -> list[Any]:
     attribute: list[Any] = (await handle.describe()).search_attributes.get("OpsState", [])
     return attribute
+
+
+def _upserted(fields: Any, name: str) -> str | None:
+    """A search attribute's value in an upsert: None when the upsert leaves it alone, "<unset>" when it unsets it."""
+    if name not in fields:
+        return None
+    decoded = json.loads(fields[name].data) if fields[name].data else None
+    return decoded if isinstance(decoded, str) else "<unset>"
+
+
+async def upserted_states(handle: WorkflowHandle[Any, Any]) -> list[tuple[str | None, str | None]]:
+    """(OpsState, OpsStep) of every upsert in the history that sets or unsets either, in order (_upserted)."""
+    found: list[tuple[str | None, str | None]] = []
+    async for event in handle.fetch_history_events():
+        if not event.HasField("upsert_workflow_search_attributes_event_attributes"):
+            continue
+        fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        if "OpsState" in fields or "OpsStep" in fields:
+            found.append((_upserted(fields, "OpsState"), _upserted(fields, "OpsStep")))
+    return found
 
 
 async def approve(handle: WorkflowHandle[Any, Any], approver: str = "approver1", comment: str = "ok") -> None:

@@ -53,6 +53,7 @@ from tests.lifecycle_helpers import (
     running_worker,
     status_of,
     terminate_when_quiet,
+    upserted_states,
     wait_status,
 )
 from workflows.lifecycle import StepStatus
@@ -322,6 +323,15 @@ async def test_a_step_failing_for_good_waits_for_an_operator_and_retry_completes
         ("retry_step", "ok", None),
     ]
     assert any(a.action == "step_failed" and a.params["step"] == POWER_CYCLE for a in audit)
+    # OpsStep is set where the operation stops (the failed step, then the last step at its end) in the same
+    # upsert as the state, and unset while it runs: running again after the retry, not StepFailed to the end.
+    assert [u for u in await upserted_states(handle) if u[0] != "Validating"] == [
+        ("PendingApproval", None),
+        ("Running", None),
+        ("StepFailed", POWER_CYCLE),
+        ("Running", "<unset>"),
+        ("Succeeded", (await status_of(handle)).steps[-1].name),
+    ]
 
 
 async def test_abort_at_a_failed_step_fails_the_operation_and_releases_the_host(

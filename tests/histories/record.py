@@ -341,10 +341,13 @@ async def main_production(only: list[str]) -> None:
                 #   nc_forced_reboot_step_retried_with_ops_step: with the OpsStep patch
                 #   nc_forced_reboot_step_retried_upserts_changed_only: also with upsert-only-changes
                 #   nc_forced_reboot_step_retried_local_store_writes: also with local-store-writes
+                #   nc_forced_reboot_step_retried_ops_step_at_stops: also with ops-step-where-it-stops and
+                #     running-again-after-operator
                 for name in (
                     "nc_forced_reboot_step_retried_with_ops_step",
                     "nc_forced_reboot_step_retried_upserts_changed_only",
                     "nc_forced_reboot_step_retried_local_store_writes",
+                    "nc_forced_reboot_step_retried_ops_step_at_stops",
                 ):
                     if only and name not in only:
                         continue
@@ -445,7 +448,7 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["disks"]:
         asyncio.run(main_disks(sys.argv[2:]))
     elif sys.argv[1:2] == ["production"]:
-        # ``production [NAME ...]``: issue 7's (the OpsStep patch).
+        # ``production [NAME ...]``: issue 7's (the OpsStep patches) and issue 8's.
         asyncio.run(main_production(sys.argv[2:]))
     elif sys.argv[1:2] == ["cancellations"]:
         # ``cancellations [NAME ...]``: a deep offline cancelled during its live migrations.
