@@ -9,6 +9,7 @@ workflow id, an audit entry may carry a dedupe key, and a final state is never r
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from domain.model import NcIp
 from domain.operations import OperationSource, OpsState, ReasonCategory
 from domain.opscodes import OpsCode
 from houyi.port import HouyiCallRecord
+from store.batching import GroupCommit
 from store.db import create_pool, migrate, pooled_connection
 from store.errors import OperationNotFound, StoreConflict
 from store.lifecycle import LifecycleStore
@@ -167,6 +169,11 @@ _OPERATION_COLUMNS = (
 )
 
 
+def _actions(rows: Sequence[AuditEntry] | Sequence[HouyiCallRecord]) -> str:
+    """The actions of a batch of rows, for messages: ``lock_nc, notify``."""
+    return ", ".join(sorted({row.action for row in rows}))
+
+
 class OperationStore:
     """Reads and writes the store through one asyncpg pool; implements ``houyi.port.CallRecorder``.
 
@@ -179,6 +186,9 @@ class OperationStore:
         self._pool = pool
         self._acquire_timeout = acquire_timeout
         self._lifecycle = LifecycleStore(pool, acquire_timeout=acquire_timeout)
+        # Houyi calls and audit entries: many activities append them at once, so they are group-committed.
+        self._houyi_calls: GroupCommit[HouyiCallRecord, None] = GroupCommit(self._insert_houyi_calls)
+        self._audit_entries: GroupCommit[AuditEntry, bool] = GroupCommit(self._insert_audit_entries)
 
     @classmethod
     async def connect(cls, url: str, *, acquire_timeout: float = 10.0, **pool_kwargs: Any) -> OperationStore:
@@ -196,6 +206,8 @@ class OperationStore:
         return self._pool
 
     async def close(self) -> None:
+        await self._houyi_calls.drain()
+        await self._audit_entries.drain()
         await self._pool.close()
 
     @property
@@ -378,32 +390,52 @@ class OperationStore:
     async def record_audit(self, entry: AuditEntry) -> bool:
         """Appends the entry; one whose ``dedupe_key`` is already recorded is dropped silently (False)."""
         # An audit row echoes what was refused, NUL characters included, and PostgreSQL's text holds none.
-        entry = AuditEntry.model_validate(_storable(entry.model_dump()))
-        inserted = await self._fetchrow(
-            f"recording audit entry {entry.action}",
-            """
-            INSERT INTO audit_log (at, workflow_id, opscode, nc_ip, action, result, error_type, error_message,
-                                   request_id, params, operator, reason, ticket, dedupe_key)
-            VALUES (COALESCE($1, now()), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-            ON CONFLICT (dedupe_key) DO NOTHING
-            RETURNING id
-            """,
-            entry.at,
-            entry.workflow_id,
-            None if entry.opscode is None else entry.opscode.value,
-            entry.nc_ip,
-            entry.action,
-            entry.result.value,
-            entry.error_type,
-            entry.error_message,
-            entry.request_id,
-            entry.params,
-            entry.operator,
-            entry.reason,
-            entry.ticket,
-            entry.dedupe_key,
-        )
-        return inserted is not None
+        return await self._audit_entries.submit(AuditEntry.model_validate(_storable(entry.model_dump())))
+
+    async def _insert_audit_entries(self, entries: Sequence[AuditEntry]) -> list[bool]:
+        """One INSERT for a batch of entries (``record_audit``); for each, whether it was inserted."""
+        async with self._connection(f"recording audit entries ({_actions(entries)})") as conn:
+            inserted = await conn.fetch(
+                """
+                INSERT INTO audit_log (at, workflow_id, opscode, nc_ip, action, result, error_type, error_message,
+                                       request_id, params, operator, reason, ticket, dedupe_key)
+                SELECT COALESCE(at, now()), workflow_id, opscode, nc_ip, action, result, error_type,
+                       error_message, request_id, params, operator, reason, ticket, dedupe_key
+                FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                            $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::text[],
+                            $13::text[], $14::text[])
+                     AS entry(at, workflow_id, opscode, nc_ip, action, result, error_type, error_message,
+                              request_id, params, operator, reason, ticket, dedupe_key)
+                ON CONFLICT (dedupe_key) DO NOTHING
+                RETURNING dedupe_key
+                """,
+                [e.at for e in entries],
+                [e.workflow_id for e in entries],
+                [None if e.opscode is None else e.opscode.value for e in entries],
+                [e.nc_ip for e in entries],
+                [e.action for e in entries],
+                [e.result.value for e in entries],
+                [e.error_type for e in entries],
+                [e.error_message for e in entries],
+                [e.request_id for e in entries],
+                [e.params for e in entries],
+                [e.operator for e in entries],
+                [e.reason for e in entries],
+                [e.ticket for e in entries],
+                [e.dedupe_key for e in entries],
+            )
+        # Entries without a key are always inserted; of two with the same key in one batch, the first is.
+        keys = Counter(row["dedupe_key"] for row in inserted if row["dedupe_key"] is not None)
+        results = []
+        for entry in entries:
+            if entry.dedupe_key is None:
+                results.append(True)
+            elif keys[entry.dedupe_key]:
+                keys[entry.dedupe_key] -= 1
+                results.append(True)
+            else:
+                results.append(False)
+        return results
 
     async def list_audit(
         self, *, workflow_id: str | None = None, nc_ip: str | None = None
@@ -444,22 +476,28 @@ class OperationStore:
     # ---- control-plane calls -----------------------------------------------------------------
 
     async def record_houyi_call(self, call: HouyiCallRecord) -> None:
-        await self._execute(
-            f"recording houyi call {call.action}",
-            """
-            INSERT INTO houyi_calls (at, action, request_id, code, message, caller, token, latency_ms, params)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-            """,
-            call.started_at,
-            call.action,
-            call.request_id,
-            call.code,
-            call.message,
-            call.caller,
-            call.token,
-            call.latency_ms,
-            call.params,
-        )
+        await self._houyi_calls.submit(call)
+
+    async def _insert_houyi_calls(self, calls: Sequence[HouyiCallRecord]) -> list[None]:
+        """One INSERT for a batch of calls (``record_houyi_call``)."""
+        async with self._connection(f"recording houyi calls ({_actions(calls)})") as conn:
+            await conn.execute(
+                """
+                INSERT INTO houyi_calls (at, action, request_id, code, message, caller, token, latency_ms, params)
+                SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::integer[], $5::text[],
+                                     $6::text[], $7::text[], $8::double precision[], $9::jsonb[])
+                """,
+                [c.started_at for c in calls],
+                [c.action for c in calls],
+                [c.request_id for c in calls],
+                [c.code for c in calls],
+                [c.message for c in calls],
+                [c.caller for c in calls],
+                [c.token for c in calls],
+                [c.latency_ms for c in calls],
+                [c.params for c in calls],
+            )
+        return [None] * len(calls)
 
     async def list_houyi_calls(
         self, *, caller: str | None = None, action: str | None = None

@@ -484,3 +484,65 @@ async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip_but
             assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
     finally:
         await pool.close()
+
+
+# ---- group commit (store.batching) ------------------------------------------------------------------
+
+
+async def test_concurrent_houyi_calls_and_audit_entries_are_written_in_few_statements_each_once_in_order(
+    store: OperationStore,
+) -> None:
+    statements: list[str] = []
+    original = store._insert_houyi_calls
+
+    async def counted(calls: Any) -> list[None]:
+        statements.append(f"{len(calls)} calls")
+        return await original(calls)
+
+    store._houyi_calls._write = counted
+    await asyncio.gather(*(store.record_houyi_call(houyi_call(f"wf-{i}", "describe_nc")) for i in range(200)))
+    recorded = await store.list_houyi_calls(action="describe_nc")
+    assert [c.caller for c in recorded] == [f"wf-{i}" for i in range(200)]
+    assert 1 <= len(statements) < 20, statements
+
+    # Audit: a key repeated in one batch is inserted once (the first caller is told True), entries without a
+    # key always; a key already in the table is dropped.
+    assert await store.record_audit(AuditEntry(action="lock_nc", result=AuditResult.OK, dedupe_key="k-0"))
+    entries = [
+        AuditEntry(action="lock_nc", result=AuditResult.OK, workflow_id=f"wf-{i}", dedupe_key=f"k-{i % 50}")
+        for i in range(100)
+    ] + [AuditEntry(action="approve", result=AuditResult.OK, workflow_id="wf-x") for _ in range(3)]
+    inserted = await asyncio.gather(*(store.record_audit(entry) for entry in entries))
+    assert inserted == [0 < i < 50 for i in range(100)] + [True] * 3
+    audit = await store.list_audit()
+    assert len(audit) == 1 + 49 + 3
+    assert [a.workflow_id for a in audit if a.action == "lock_nc"] == [None] + [
+        f"wf-{i}" for i in range(1, 50)
+    ]
+
+
+async def test_a_row_the_database_refuses_fails_its_own_caller_and_the_rest_of_its_batch_is_written(
+    store: OperationStore,
+) -> None:
+    calls = [houyi_call(f"wf-{i}", "notify") for i in range(10)]
+    calls[4] = houyi_call("wf-4", "notify", code=2**40)  # no PostgreSQL integer holds it
+    outcomes = await asyncio.gather(*(store.record_houyi_call(c) for c in calls), return_exceptions=True)
+    assert [isinstance(o, StoreError) for o in outcomes] == [i == 4 for i in range(10)], outcomes
+    assert [c.caller for c in await store.list_houyi_calls(action="notify")] == [
+        f"wf-{i}" for i in range(10) if i != 4
+    ]
+
+
+async def test_closing_the_store_writes_what_is_queued_first(database_url: str) -> None:
+    store = await OperationStore.connect(database_url)
+    pending = [
+        asyncio.ensure_future(store.record_houyi_call(houyi_call(f"wf-{i}", "lock_nc"))) for i in range(50)
+    ]
+    await asyncio.sleep(0)
+    await store.close()
+    await asyncio.gather(*pending)
+    reopened = await OperationStore.connect(database_url)
+    try:
+        assert len(await reopened.list_houyi_calls(action="lock_nc")) == 50
+    finally:
+        await reopened.close()
