@@ -60,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
 
     from temporalio.api.enums.v1 import EventType, TimeoutType
     from temporalio.client import Client, WorkflowHistory
-    from temporalio.common import SearchAttributeKey
+    from temporalio.common import RetryPolicy, SearchAttributeKey
     from temporalio.worker import Worker
 
     from bench.harness import CpuMeter, dev_server, fresh_database, server_counters
@@ -215,15 +215,31 @@ class BareOverheadWorkflow:
             await asyncio.gather(
                 *(
                     workflow.execute_activity(
-                        bare_call,
-                        {"pad": "x" * size_in, "reply": size_out},
-                        start_to_close_timeout=timedelta(seconds=60),
+                        bare_call, {"pad": "x" * size_in, "reply": size_out}, **activity_options(options)
                     )
-                    for size_in, size_out in calls
+                    for size_in, size_out, options in calls
                 )
             )
             done += len(calls)
         return done
+
+
+def activity_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``execute_activity`` keywords from the timeouts (seconds) and retry policy ``history_tasks`` read."""
+    keywords: dict[str, Any] = {
+        name: timedelta(seconds=seconds) for name, seconds in options.items() if name.endswith("_timeout")
+    }
+    if "retry" in options:
+        retry = options["retry"]
+        keywords["retry_policy"] = RetryPolicy(
+            initial_interval=timedelta(seconds=retry["initial_interval"]),
+            maximum_interval=timedelta(seconds=retry["maximum_interval"])
+            if retry["maximum_interval"]
+            else None,
+            backoff_coefficient=retry["backoff_coefficient"],
+            maximum_attempts=retry["maximum_attempts"],
+        )
+    return keywords
 
 
 # ---- the fleet ----------------------------------------------------------------------------------------
@@ -339,13 +355,34 @@ def history_tasks(history: WorkflowHistory) -> list[dict[str, Any]]:
                 tasks[-1]["upserts"].append(upsert)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and tasks:
             # The bare call's input is {"pad": ..., "reply": n}: about 24 bytes besides the pad.
-            size_in = max(0, _payload_bytes(event.activity_task_scheduled_event_attributes.input) - 24)
-            calls[event.event_id] = [size_in, 0]
+            scheduled = event.activity_task_scheduled_event_attributes
+            size_in = max(0, _payload_bytes(scheduled.input) - 24)
+            calls[event.event_id] = [size_in, 0, scheduled_options(scheduled)]
             tasks[-1]["calls"].append(calls[event.event_id])
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             attributes = event.activity_task_completed_event_attributes
             calls[attributes.scheduled_event_id][1] = max(0, _payload_bytes(attributes.result) - 2)
     return [t for t in tasks if t["local"] or t["upserts"] or t["calls"]]
+
+
+def scheduled_options(scheduled: Any) -> dict[str, Any]:
+    """The timeouts (seconds) and retry policy an ``ActivityTaskScheduled`` event carries: the bare call is
+    scheduled with the same, so the server keeps the same timers for it (heartbeat, start-to-close,
+    schedule-to-close) and the engine's work per activity is the same."""
+    options: dict[str, Any] = {}
+    for name in ("schedule_to_close", "start_to_close", "heartbeat"):
+        duration = getattr(scheduled, f"{name}_timeout")
+        if duration.ToTimedelta():
+            options[f"{name}_timeout"] = duration.ToTimedelta().total_seconds()
+    if scheduled.HasField("retry_policy"):
+        retry = scheduled.retry_policy
+        options["retry"] = {
+            "initial_interval": retry.initial_interval.ToTimedelta().total_seconds(),
+            "maximum_interval": retry.maximum_interval.ToTimedelta().total_seconds(),
+            "backoff_coefficient": retry.backoff_coefficient,
+            "maximum_attempts": retry.maximum_attempts,
+        }
+    return options
 
 
 def describe_tasks(tasks: list[dict[str, Any]]) -> str:
@@ -370,9 +407,10 @@ def unchanged_upserts(tasks: list[dict[str, Any]]) -> int:
 
 
 def plain(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same activities (and local activities) in the same batches, with no upsert and no payload."""
+    """The same activities (and local activities, with the same timeouts and retry policies) in the same
+    batches, with no upsert and no payload."""
     return [
-        {"local": [[0, 0] for _ in t["local"]], "upserts": [], "calls": [[0, 0] for _ in t["calls"]]}
+        {"local": [[0, 0] for _ in t["local"]], "upserts": [], "calls": [[0, 0, c[2]] for c in t["calls"]]}
         for t in tasks
         if t["calls"] or t["local"]
     ]
