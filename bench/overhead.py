@@ -338,7 +338,7 @@ def history_tasks(history: WorkflowHistory) -> list[dict[str, Any]]:
     upserts (name -> keyword value) and the activities it scheduled (input and result payload bytes), in
     order; tasks doing none of these left out."""
     tasks: list[dict[str, Any]] = []
-    calls: dict[int, list[int]] = {}
+    calls: dict[int, list[Any]] = {}  # [input bytes, result bytes, options]
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             tasks.append({"local": [], "upserts": [], "calls": []})
