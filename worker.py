@@ -42,7 +42,8 @@ from store.maintenance import MaintenanceWindowStore
 from store.repository import OperationStore
 from workflows.disk_live_migration import DiskLiveMigrationWorkflow
 from workflows.disk_recycle import DiskRecycleWorkflow
-from workflows.nc_deep_offline import NcDeepOfflineColdWorkflow, NcDeepOfflineWorkflow
+from workflows.nc_deep_offline import NcDeepOfflineWorkflow
+from workflows.nc_deep_offline_cold import NcDeepOfflineColdWorkflow
 from workflows.nc_forced_reboot import NcForcedRebootWorkflow
 from workflows.nc_lock import NcLockWorkflow
 from workflows.nc_re_online import NcReOnlineWorkflow
