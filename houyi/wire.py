@@ -170,6 +170,8 @@ def _write(parts: list[str], tag: str, value: Any) -> None:
     (tests/test_houyi_wire.py holds that tree's builder)."""
     if value is None:
         parts.append(f'<{tag} nil="true" />')
+    elif isinstance(value, str | int | float):  # most values; spares them the abstract Mapping check
+        _write_text(parts, tag, _scalar_text(value))
     elif isinstance(value, Mapping | list | tuple):
         is_map = isinstance(value, Mapping)
         if not value:
