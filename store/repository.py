@@ -169,6 +169,25 @@ _OPERATION_COLUMNS = (
 )
 
 
+# The fields an ``unnest`` insert of a batch takes, in the order of its arrays.
+_AUDIT_COLUMNS = (
+    "at", "workflow_id", "opscode", "nc_ip", "action", "result", "error_type", "error_message", "request_id",
+    "params", "operator", "reason", "ticket", "dedupe_key",
+)  # fmt: skip
+_HOUYI_CALL_COLUMNS = (
+    "started_at", "action", "request_id", "code", "message", "caller", "token", "latency_ms", "params",
+)  # fmt: skip
+
+
+def _columns(rows: Sequence[BaseModel], *fields: str) -> list[list[Any]]:
+    """One list per field of the rows' values (an enum by its value): the arrays of an ``unnest`` insert."""
+    return [[_column_value(getattr(row, field)) for row in rows] for field in fields]
+
+
+def _column_value(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
 def _actions(rows: Sequence[AuditEntry] | Sequence[HouyiCallRecord]) -> str:
     """The actions of a batch of rows, for messages: ``lock_nc, notify``."""
     return ", ".join(sorted({row.action for row in rows}))
@@ -409,20 +428,7 @@ class OperationStore:
                 ON CONFLICT (dedupe_key) DO NOTHING
                 RETURNING dedupe_key
                 """,
-                [e.at for e in entries],
-                [e.workflow_id for e in entries],
-                [None if e.opscode is None else e.opscode.value for e in entries],
-                [e.nc_ip for e in entries],
-                [e.action for e in entries],
-                [e.result.value for e in entries],
-                [e.error_type for e in entries],
-                [e.error_message for e in entries],
-                [e.request_id for e in entries],
-                [e.params for e in entries],
-                [e.operator for e in entries],
-                [e.reason for e in entries],
-                [e.ticket for e in entries],
-                [e.dedupe_key for e in entries],
+                *_columns(entries, *_AUDIT_COLUMNS),
             )
         # Entries without a key are always inserted; of two with the same key in one batch, the first is.
         keys = Counter(row["dedupe_key"] for row in inserted if row["dedupe_key"] is not None)
@@ -487,15 +493,7 @@ class OperationStore:
                 SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::integer[], $5::text[],
                                      $6::text[], $7::text[], $8::double precision[], $9::jsonb[])
                 """,
-                [c.started_at for c in calls],
-                [c.action for c in calls],
-                [c.request_id for c in calls],
-                [c.code for c in calls],
-                [c.message for c in calls],
-                [c.caller for c in calls],
-                [c.token for c in calls],
-                [c.latency_ms for c in calls],
-                [c.params for c in calls],
+                *_columns(calls, *_HOUYI_CALL_COLUMNS),
             )
         return [None] * len(calls)
 
