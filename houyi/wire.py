@@ -172,17 +172,22 @@ def _write(parts: list[str], tag: str, value: Any) -> None:
         parts.append(f'<{tag} nil="true" />')
     elif isinstance(value, str | int | float):  # most values; spares them the abstract Mapping check
         _write_text(parts, tag, _scalar_text(value))
-    elif isinstance(value, Mapping | list | tuple):
-        is_map = isinstance(value, Mapping)
-        if not value:
-            parts.append(f'<{tag} type="{"map" if is_map else "list"}" />')
-            return
-        parts.append(f'<{tag} type="{"map" if is_map else "list"}">')
-        for key, item in value.items() if isinstance(value, Mapping) else (("item", v) for v in value):
-            _write(parts, str(key), item)
-        parts.append(f"</{tag}>")
+    elif isinstance(value, Mapping):
+        _write_children(parts, tag, "map", [(str(key), item) for key, item in value.items()])
+    elif isinstance(value, list | tuple):
+        _write_children(parts, tag, "list", [("item", item) for item in value])
     else:
         _write_text(parts, tag, _scalar_text(value))
+
+
+def _write_children(parts: list[str], tag: str, kind: str, children: list[tuple[str, Any]]) -> None:
+    if not children:
+        parts.append(f'<{tag} type="{kind}" />')
+        return
+    parts.append(f'<{tag} type="{kind}">')
+    for child_tag, item in children:
+        _write(parts, child_tag, item)
+    parts.append(f"</{tag}>")
 
 
 def _write_text(parts: list[str], tag: str, text: str) -> None:

@@ -9,7 +9,6 @@ workflow id, an audit entry may carry a dedupe key, and a final state is never r
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -431,16 +430,11 @@ class OperationStore:
                 *_columns(entries, *_AUDIT_COLUMNS),
             )
         # Entries without a key are always inserted; of two with the same key in one batch, the first is.
-        keys = Counter(row["dedupe_key"] for row in inserted if row["dedupe_key"] is not None)
+        fresh = {row["dedupe_key"] for row in inserted}
         results = []
         for entry in entries:
-            if entry.dedupe_key is None:
-                results.append(True)
-            elif keys[entry.dedupe_key]:
-                keys[entry.dedupe_key] -= 1
-                results.append(True)
-            else:
-                results.append(False)
+            results.append(entry.dedupe_key is None or entry.dedupe_key in fresh)
+            fresh.discard(entry.dedupe_key)
         return results
 
     async def list_audit(

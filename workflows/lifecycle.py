@@ -1176,9 +1176,8 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
             (step.name for step in reversed(self.status.steps) if step.status is not StepStatus.PENDING), None
         )
         if current is not None and workflow.patched(OPS_STEP_SEARCH_ATTRIBUTE):
-            if not workflow.patched(OPS_STEP_WHERE_IT_STOPS):
-                attributes.append(sa.OPS_STEP.value_set(current))
-            elif self.status.state is OpsState.STEP_FAILED or self.status.state.final:
+            state = self.status.state
+            if not workflow.patched(OPS_STEP_WHERE_IT_STOPS) or state is OpsState.STEP_FAILED or state.final:
                 attributes.append(sa.OPS_STEP.value_set(current))
             else:
                 attributes.append(sa.OPS_STEP.value_unset())
