@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import from_houyi, store_rejected, store_unavailable
-from activities.heartbeat import heartbeating, heartbeats
+from activities.heartbeat import Pulse, heartbeating, heartbeats
 from domain import errors
 from domain.disk import RecycleCandidate, RecycleOutcome, RecycleTaskReport, StorageCluster
 from domain.model import Disk
@@ -219,12 +219,13 @@ class DiskActivities:
         a few polls so the workflow can show the progress. A failed copy fails non-retryably."""
         ctx = CallContext(caller=request.caller)
         polls = 0
+        pulse = Pulse()
         while True:
             try:
                 progress = await self._houyi.get_disk_migration_progress(ctx, task_id=request.task_id)
             except HouyiError as error:
                 raise from_houyi(error) from None
-            activity.heartbeat(progress.progress_pct)
+            pulse.beat(progress.progress_pct)
             if progress.state is DiskMigrationState.FAILED:
                 raise ApplicationError(
                     f"disk migration task {request.task_id} failed: {progress.message}",
@@ -244,6 +245,7 @@ class DiskActivities:
         finished before ``finished_before``."""
         ctx = CallContext(caller=request.caller)
         candidates: list[RecycleCandidate] = []
+        pulse = Pulse()
         try:
             complete = await self._tools.query_device_migrate_log(ctx, status="complete")
             for entry in complete:
@@ -264,7 +266,7 @@ class DiskActivities:
                     )
                     for row in rows
                 ]
-                activity.heartbeat(len(candidates))
+                pulse.beat(len(candidates))
         except HouyiError as error:
             raise from_houyi(error) from None
         return sorted(candidates, key=lambda c: c.task_id)

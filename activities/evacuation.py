@@ -18,7 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import from_houyi
-from activities.heartbeat import heartbeating
+from activities.heartbeat import Pulse, heartbeating
 from domain import errors
 from domain.model import Nc, PowerState, VmStatus
 from domain.settings import AfterColdMigration
@@ -211,6 +211,7 @@ class EvacuationActivities:
     async def read_vm_placements(self, request: VmPlacementsInput) -> list[VmPlacement]:
         """Where each VM is now, one read per VM, heartbeating (200 VMs take a while)."""
         ctx = CallContext(caller=request.caller)
+        pulse = Pulse()
         placements = []
         for vm_id in request.vm_ids:
             try:
@@ -221,7 +222,7 @@ class EvacuationActivities:
             except HouyiError as error:
                 raise from_houyi(error, delay_scale=self._time_scale) from None
             placements.append(VmPlacement(vm_id=vm_id, nc_id=vm.nc_id, status=vm.status))
-            activity.heartbeat(len(placements))
+            pulse.beat(len(placements))
         return placements
 
     # ---- live migration ------------------------------------------------------------------------------
@@ -297,13 +298,14 @@ class EvacuationActivities:
     ) -> LiveMigrationProgress | None:
         """Polls until the migration ends (its last progress) or the deadline passes (None).
 
-        Polls every ``poll_seconds`` (heartbeating each time, so a cancel arrives), or sooner when the
+        Polls every ``poll_seconds`` (heartbeating with the progress, so a cancel arrives), or sooner when the
         progress says the end is nearer: the end is seen within about 1 % of the migration's time, and the
         next migration of the lane starts at once.
         """
         ctx = CallContext(caller=request.caller)
         started = time.monotonic()
         expected = request.estimated_seconds * self._time_scale
+        pulse = Pulse()
         while True:
             try:
                 progress = await self._houyi.get_live_migration_progress(ctx, vm_id=request.vm_id)
@@ -316,7 +318,7 @@ class EvacuationActivities:
                     type=errors.MIGRATION_FAILED,
                     non_retryable=True,
                 )
-            activity.heartbeat({"migration_id": migration_id, "progress_pct": progress.progress_pct})
+            pulse.beat({"migration_id": migration_id, "progress_pct": progress.progress_pct})
             if progress.state is not MigrationState.RUNNING:
                 return progress
             now = time.monotonic()

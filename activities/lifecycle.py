@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import from_houyi, store_rejected, store_unavailable
+from activities.heartbeat import Pulse
 from domain import errors
 from domain.model import NcBizStatus
 from domain.opscodes import OpsCode
@@ -172,9 +173,10 @@ class LifecycleActivities:
         ``AdmitOperation`` decides per host, without a workflow task between hosts. A retry replays the
         decisions already recorded and decides the rest."""
         decisions = []
+        pulse = Pulse()
         for request in batch.requests:
             decisions.append(await self.admit(request))
-            activity.heartbeat(len(decisions))
+            pulse.beat(len(decisions))
         return AdmissionDecisions(decisions=decisions)
 
     @activity.defn(name="VoidAdmissions")

@@ -12,7 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import from_houyi
-from activities.heartbeat import heartbeating
+from activities.heartbeat import Pulse, heartbeating
 from domain import errors
 from domain.model import NcBizStatus, NcDetail, PowerState
 from houyi.errors import HouyiError, HouyiNotFound
@@ -123,12 +123,13 @@ class NcActivities:
         Bounded by the activity's start-to-close timeout: a host that never settles fails the step.
         """
         ctx = CallContext(caller=request.caller)
+        pulse = Pulse()
         while True:
             try:
                 status = await self._houyi.get_oob_power_status(ctx, nc_id=request.nc_id)
             except HouyiError as error:
                 raise from_houyi(error) from None
-            activity.heartbeat(status.power_state.value)
+            pulse.beat(status.power_state.value)
             if status.power_state is request.expected:
                 return status
             await asyncio.sleep(self._power_poll_seconds)

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from temporalio import activity
 
 from activities.errors import from_houyi
-from activities.heartbeat import heartbeating
+from activities.heartbeat import Pulse, heartbeating
 from domain.model import Vm
 from domain.residue import ProcessOutcome, ProcessPlan, classify
 from houyi.errors import HouyiError, HouyiNotFound
@@ -42,10 +42,11 @@ class ResidueActivities:
         try:
             processes = await heartbeating(self._houyi.list_vm_processes(ctx, nc_id=request.nc_id))
             plans = []
+            pulse = Pulse()
             for process in processes:
                 record = await self._record(ctx, process.vm_id)
                 plans.append(self._classify(request.nc_id, process, record, request.force_clean_wild_vm))
-                activity.heartbeat(len(plans))
+                pulse.beat(len(plans))
         except HouyiError as error:
             raise from_houyi(error) from None
         return plans
