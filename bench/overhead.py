@@ -25,9 +25,11 @@ separates what our history costs the server and the SDK from what our activities
 Half as many (``PROFILE_HOSTS``), to keep the run short: it is compared by CPU per run.
 
 All run on one worker per kind set up the same way (``build_worker``'s slots: 100 activities, 100 workflow
-tasks, the sandboxed workflow runner), on fresh task queues, ``STARTERS`` concurrent starts; bare first, then
-ours, then bare with upserts and payloads, then ``IDLE_SECONDS`` with both workers polling and nothing to run
-(what the longer of two batches costs only for lasting longer). Printed: wall time ours / bare (target <= 1.3),
+tasks, the sandboxed workflow runner), ``STARTERS`` concurrent starts, each batch on a dev server started
+for it alone and shut down after it (``batch_server``): bare, then ours, then bare with upserts and payloads.
+None runs on a server holding another's histories, heap or pending timers (a timer fires even for a task
+long done: on a shared server, the first batch's would fire inside the second). After ours, ``IDLE_SECONDS``
+with its worker polling and nothing to run (what the longer of two batches costs only for lasting longer). Printed: wall time ours / bare (target <= 1.3),
 and where the time goes: CPU seconds by process, the Temporal server's own counters (persistence requests,
 history tasks, polls), events and workflow tasks per run, per activity type its count and time, Houyi calls
 and store rows per run.
@@ -36,11 +38,13 @@ and store rows per run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -61,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.api.enums.v1 import EventType, TimeoutType
     from temporalio.client import Client, WorkflowHistory
     from temporalio.common import RetryPolicy, SearchAttributeKey
+    from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
     from bench.harness import CpuMeter, dev_server, fresh_database, server_counters
@@ -552,7 +557,7 @@ class Measured:
     bare: Batch  # no-op activities only, in our batches
     ours: Batch
     shaped: Batch  # the bare workflow with our upserts and payload sizes too
-    idle: Batch  # both workers polling, no workflow to run
+    idle: Batch  # ours' worker polling, no workflow to run
     profiles: dict[str, HistoryProfile]  # by batch label
     tasks: dict[int, list[dict[str, Any]]]  # the pilot's workflow tasks, by VM count
     houyi_calls: list[tuple[str, int, float]]  # action, calls, mean latency ms
@@ -570,14 +575,49 @@ OURS = "ours (NcDeepOffline)"
 SHAPED = "bare + our upserts and payloads"
 
 
+@dataclass
+class BatchServer:
+    """The dev server one batch runs on, started for it alone."""
+
+    env: WorkflowEnvironment
+    metrics_port: int
+    pid: int | None
+
+    @property
+    def client(self) -> Client:
+        return self.env.client
+
+
+@contextlib.asynccontextmanager
+async def batch_server(running: dict[str, int | None]) -> AsyncIterator[BatchServer]:
+    """A fresh dev server (in-memory SQLite) for one batch, its pid in ``running["server"]`` while it runs
+    (the CPU meter reads it there), shut down after: no batch runs on a server holding another batch's
+    histories, caches, heap or pending timers, so the order of the batches decides nothing."""
+    metrics_port = free_port()
+    env = await dev_server(metrics_port)
+    address = env.client.service_client.config.target_host
+    server = BatchServer(env, metrics_port, dev_server_pid(int(address.rsplit(":", 1)[1])))
+    running["server"] = server.pid
+    try:
+        yield server
+    finally:
+        running["server"] = None
+        await env.shutdown()
+
+
+async def history_profile(client: Client, batch: Batch) -> HistoryProfile:
+    profile = HistoryProfile()
+    for history in await fetch_histories(client, batch.workflow_ids):
+        profile.add(history)
+    return profile
+
+
 async def measure(workdir: Path) -> Measured:
     load_before = os.getloadavg()[0]
     fleet, sources = build_fleet(HOSTS + len(VM_COUNTS))
     pilots, sources = sources[: len(VM_COUNTS)], sources[len(VM_COUNTS) :]
     fleet_path = workdir / "fleet.json"
     fleet_path.write_text(json.dumps(fleet))
-    metrics_port = free_port()
-    env = await dev_server(metrics_port)
     database = await fresh_database("bench_overhead")
     simulator = None
     store = await OperationStore.connect(database.url)  # the worker's pool, as deployed
@@ -595,37 +635,39 @@ async def measure(workdir: Path) -> Measured:
         port = free_port()
         simulator = houyi_simulator(port, SPEED, fleet_path, log_dir=workdir / "logs").start()
         await simulator.wait_ready(timeout=60)
-        client = env.client
-        address = client.service_client.config.target_host
-        server_pid = dev_server_pid(int(address.rsplit(":", 1)[1]))
         postmaster = postmaster_pid(database.server)
         simulator_pid = simulator.pid
+        running: dict[str, int | None] = {"server": None}
         meter = CpuMeter(
             {
                 COMPONENTS[0]: lambda: [os.getpid()],
-                COMPONENTS[1]: lambda: [server_pid] if server_pid else [],
+                COMPONENTS[1]: lambda: [pid] if (pid := running["server"]) else [],
                 COMPONENTS[2]: lambda: postgres_pids(postmaster),
                 COMPONENTS[3]: lambda: [simulator_pid] if simulator_pid else [],
             }
         )
         run_tag = uuid.uuid4().hex[:6]
         ours_queue, bare_queue = f"ovh-ours-{run_tag}", f"ovh-bare-{run_tag}"
+        profiles: dict[str, HistoryProfile] = {}
         async with HttpHouyiClient(f"http://127.0.0.1:{port}", recorder=store) as houyi:
-            ours_worker = build_worker(
-                client,
-                ours_queue,
-                houyi=houyi,
-                store=store,
-                max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
-                max_concurrent_workflow_tasks=MAX_CONCURRENT_WORKFLOW_TASKS,
-                power_poll_seconds=POLL_SECONDS,
-                migration_poll_seconds=POLL_SECONDS,
-                time_scale=1 / SPEED,
-            )
-            async with ours_worker, bare_worker(client, bare_queue):
-                # The pilot: one deep offline per VM count, whose histories give the bare workflows' shape.
-                pilot = await run_batch(
+
+            def ours_worker(client: Client) -> Worker:
+                return build_worker(
                     client,
+                    ours_queue,
+                    houyi=houyi,
+                    store=store,
+                    max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+                    max_concurrent_workflow_tasks=MAX_CONCURRENT_WORKFLOW_TASKS,
+                    power_poll_seconds=POLL_SECONDS,
+                    migration_poll_seconds=POLL_SECONDS,
+                    time_scale=1 / SPEED,
+                )
+
+            # The pilot: one deep offline per VM count, whose histories give the bare workflows' shape.
+            async with batch_server(running) as server, ours_worker(server.client):
+                pilot = await run_batch(
+                    server.client,
                     ours_queue,
                     "pilot (one deep offline per VM count)",
                     [
@@ -633,56 +675,57 @@ async def measure(workdir: Path) -> Measured:
                         for p in pilots
                     ],
                     meter,
-                    metrics_port,
+                    server.metrics_port,
                 )
-                tasks = {
-                    p.vms: history_tasks(h)
-                    for p, h in zip(pilots, await fetch_histories(client, pilot.workflow_ids), strict=True)
-                }
-                for vms, shown in sorted(tasks.items()):
-                    print(f"  {vms} VMs: {describe_tasks(shown)}", flush=True)
-                # Ours between the two bare kinds: neither gains from a cold or a warm server.
-                bare = await run_batch(
-                    client,
-                    bare_queue,
-                    BARE,
-                    [("BareOverhead", f"bare-{s.nc_ip}-{run_tag}", plain(tasks[s.vms])) for s in sources],
-                    meter,
-                    metrics_port,
-                )
-                ours = await run_batch(
-                    client,
-                    ours_queue,
-                    OURS,
-                    [
-                        ("NcDeepOffline", f"0x400003-{s.nc_ip}-{run_tag}", deep_offline_input(s))
-                        for s in sources
-                    ],
-                    meter,
-                    metrics_port,
-                )
-                shaped = await run_batch(
-                    client,
-                    bare_queue,
-                    SHAPED,
-                    [
-                        ("BareOverhead", f"shaped-{s.nc_ip}-{run_tag}", tasks[s.vms])
-                        for s in sources[:PROFILE_HOSTS]
-                    ],
-                    meter,
-                    metrics_port,
-                )
-                # Both workers up, nothing to run: what the processes burn per second just polling, to
-                # tell how much of ours' extra CPU comes only from its batch lasting longer.
-                meter.start()
-                began_idle = time.monotonic()
-                await asyncio.sleep(IDLE_SECONDS)
-                idle = Batch("idle", time.monotonic() - began_idle, meter.stop(), [])
-        profiles: dict[str, HistoryProfile] = {}
-        for batch in (bare, ours, shaped):
-            profiles[batch.label] = HistoryProfile()
-            for history in await fetch_histories(client, batch.workflow_ids):
-                profiles[batch.label].add(history)
+                histories = await fetch_histories(server.client, pilot.workflow_ids)
+            tasks = {p.vms: history_tasks(h) for p, h in zip(pilots, histories, strict=True)}
+            for vms, shown in sorted(tasks.items()):
+                print(f"  {vms} VMs: {describe_tasks(shown)}", flush=True)
+            async with batch_server(running) as server:
+                async with bare_worker(server.client, bare_queue):
+                    bare = await run_batch(
+                        server.client,
+                        bare_queue,
+                        BARE,
+                        [("BareOverhead", f"bare-{s.nc_ip}-{run_tag}", plain(tasks[s.vms])) for s in sources],
+                        meter,
+                        server.metrics_port,
+                    )
+                profiles[BARE] = await history_profile(server.client, bare)
+            async with batch_server(running) as server:
+                async with ours_worker(server.client):
+                    ours = await run_batch(
+                        server.client,
+                        ours_queue,
+                        OURS,
+                        [
+                            ("NcDeepOffline", f"0x400003-{s.nc_ip}-{run_tag}", deep_offline_input(s))
+                            for s in sources
+                        ],
+                        meter,
+                        server.metrics_port,
+                    )
+                    # The worker up, nothing to run: what the processes burn per second just polling, to
+                    # tell how much of ours' extra CPU comes only from its batch lasting longer.
+                    meter.start()
+                    began_idle = time.monotonic()
+                    await asyncio.sleep(IDLE_SECONDS)
+                    idle = Batch("idle", time.monotonic() - began_idle, meter.stop(), [])
+                profiles[OURS] = await history_profile(server.client, ours)
+            async with batch_server(running) as server:
+                async with bare_worker(server.client, bare_queue):
+                    shaped = await run_batch(
+                        server.client,
+                        bare_queue,
+                        SHAPED,
+                        [
+                            ("BareOverhead", f"shaped-{s.nc_ip}-{run_tag}", tasks[s.vms])
+                            for s in sources[:PROFILE_HOSTS]
+                        ],
+                        meter,
+                        server.metrics_port,
+                    )
+                profiles[SHAPED] = await history_profile(server.client, shaped)
         rows = await store.pool.fetch(
             """
             SELECT action, count(*) AS calls, avg(latency_ms) AS latency FROM houyi_calls
@@ -705,7 +748,6 @@ async def measure(workdir: Path) -> Measured:
         await store.close()
         if simulator is not None:
             simulator.terminate()
-        await env.shutdown()
         await database.drop()
     return Measured(
         bare=bare,
@@ -760,7 +802,7 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
         "# Engine overhead (bench/overhead.py)",
         "",
         f"`{COMMAND}` on {os.cpu_count()} cores, load average (1 min) {m.load_before:.2f} when it began. "
-        f"Dev server, PostgreSQL, the simulator (own process, speed {SPEED:,.0f}: zero latency) and one worker "
+        f"Dev server (a fresh one per batch), PostgreSQL, the simulator (own process, speed {SPEED:,.0f}: zero latency) and one worker "
         f"in this process ({MAX_CONCURRENT_ACTIVITIES} activity / {MAX_CONCURRENT_WORKFLOW_TASKS} workflow-task "
         f"slots for every kind). Whole run {m.seconds:.0f} s. Code measured: {code_version()}.",
         "",
@@ -769,11 +811,10 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
         "guard in the way.",
         f"- *Bare*: {runs} concurrent `BareOverhead` workflows running no-op activities in the batches a pilot "
         "deep offline of the same VM count scheduled them (per workflow task), and a no-op local activity where "
-        "ours ran a local activity: the same activity executions with the same parallelism, nothing else. Run "
-        "before ours.",
+        "ours ran a local activity: the same activity executions with the same parallelism, nothing else.",
         f"- *{SHAPED}* (for the profile, {len(m.shaped.workflow_ids)} runs, compared by CPU per run): the same bare "
         "workflow also replaying the pilot's search-attribute upserts and activity payload sizes: a history like "
-        "ours, with no work behind it. Run after ours.",
+        "ours, with no work behind it.",
         "",
         "| run | workflows | activities | local activities | wall (s) | workflows/s | / bare |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -829,7 +870,7 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
     idle_share = {c: idle_rate[c] * longer / runs * 1000 for c in COMPONENTS}
     lines += [
         "",
-        f"Idle, both workers polling and nothing to run ({m.idle.seconds:.0f} s), the processes use "
+        f"Idle, the worker polling and nothing to run ({m.idle.seconds:.0f} s), the processes use "
         + ", ".join(f"{c} {idle_rate[c] * 1000:.0f}" for c in COMPONENTS)
         + f" CPU ms per second. Ours' batch lasted {longer:.1f} s longer than bare's; at that idle rate the "
         f"longer batch alone costs {sum(idle_share.values()):.0f} ms per run of the {total_extra:.0f} ms "
@@ -977,9 +1018,7 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
             "server persistence requests per deep offline", round(persistence_per_run(m.ours), 1), "requests"
         ),
         row("server persistence requests per bare run", round(persistence_per_run(m.bare), 1), "requests"),
-        row(
-            "CPU idle, both workers polling (all processes)", round(sum(idle_rate.values()) * 1000, 1), "ms/s"
-        ),
+        row("CPU idle, the worker polling (all processes)", round(sum(idle_rate.values()) * 1000, 1), "ms/s"),
         row(
             "of the extra CPU per deep offline, its longer batch at the idle rate",
             round(sum(idle_share.values()), 1),
