@@ -229,6 +229,27 @@ async def upserted_states(handle: WorkflowHandle[Any, Any]) -> list[tuple[str | 
     return found
 
 
+async def upserts_and_patches(
+    handle: WorkflowHandle[Any, Any],
+) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
+    """The history's search-attribute upserts (workflow task number, name -> value, None when unset) and
+    patch markers (workflow task number, patch id), in order; task n's commands follow its n-th completion."""
+    upserts: list[tuple[int, dict[str, Any]]] = []
+    patches: list[tuple[int, str]] = []
+    task = 0
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_task_completed_event_attributes"):
+            task += 1
+        elif event.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            upserts.append((task, {n: json.loads(p.data) if p.data else None for n, p in fields.items()}))
+        elif event.HasField("marker_recorded_event_attributes"):
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name == "core_patch":
+                patches.append((task, json.loads(marker.details["patch-data"].payloads[0].data)["id"]))
+    return upserts, patches
+
+
 async def approve(handle: WorkflowHandle[Any, Any], approver: str = "approver1", comment: str = "ok") -> None:
     await handle.signal("approve", ApprovalInput(approver=approver, comment=comment))
 

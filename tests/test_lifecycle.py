@@ -54,6 +54,7 @@ from tests.lifecycle_helpers import (
     status_of,
     terminate_when_quiet,
     upserted_states,
+    upserts_and_patches,
     wait_status,
 )
 from workflows.lifecycle import StepStatus
@@ -332,6 +333,36 @@ async def test_a_step_failing_for_good_waits_for_an_operator_and_retry_completes
         ("Running", "<unset>"),
         ("Succeeded", (await status_of(handle)).steps[-1].name),
     ]
+
+
+async def test_a_new_operation_checks_its_patches_at_start_and_upserts_only_with_its_states(
+    time_skipping_env: WorkflowEnvironment, ops: Operations, admin: SimulatorAdmin
+) -> None:
+    """Each workflow task with an upsert is a visibility write of its own, and Temporal upserts
+    TemporalChangeVersion where a patch is first checked: patch checks all in the first task, and Region/Cluster
+    riding with the next state, leave one upsert task per state (patch-checks-at-start)."""
+    (nc,) = await admin.free_ncs(CLUSTER, 1)
+    handle = await ops.reboot(nc["nc_ip"])
+    await ops.wait(handle, OpsState.PENDING_APPROVAL)
+    await approve(handle)
+    assert (await handle.result()).state is OpsState.SUCCEEDED
+
+    upserts, patches = await upserts_and_patches(handle)
+    assert {task for task, _ in patches} == {1}, patches
+    assert {patch for _, patch in patches} == {
+        "patch-checks-at-start",
+        "upsert-only-changed-search-attributes",
+        "local-store-writes",
+        "ops-step-search-attribute",
+        "ops-step-where-it-stops",
+    }
+    by_task: dict[int, dict[str, Any]] = {}
+    for task, fields in upserts:
+        by_task.setdefault(task, {}).update(fields)
+    states = [fields.get("OpsState") for _, fields in sorted(by_task.items())]
+    assert states == ["Validating", "PendingApproval", "Running", "Succeeded"], by_task
+    pending = next(fields for fields in by_task.values() if fields.get("OpsState") == "PendingApproval")
+    assert (pending["Region"], pending["Cluster"]) == ("cn-qd-d01", CLUSTER)
 
 
 async def test_abort_at_a_failed_step_fails_the_operation_and_releases_the_host(

@@ -62,6 +62,10 @@ def test_every_workflow_path_has_a_recorded_history() -> None:
         "nc_forced_reboot_step_retried_local_store_writes",
         # ... and with "ops-step-where-it-stops" and "running-again-after-operator".
         "nc_forced_reboot_step_retried_ops_step_at_stops",
+        # ... and with "patch-checks-at-start" (every patch checked in the first workflow task), as a deep
+        # offline too.
+        "nc_forced_reboot_step_retried_patch_checks_at_start",
+        "nc_deep_offline_succeeded_patch_checks_at_start",
         # A deep offline cancelled during its live migrations, before and with "lanes-end-together".
         "nc_deep_offline_cancelled_in_live_migration_before_lanes_patch",
         "nc_deep_offline_cancelled_in_live_migration",

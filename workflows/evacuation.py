@@ -55,7 +55,15 @@ with workflow.unsafe.imports_passed_through():
     from domain.settings import AfterColdMigration, LiveMigrationSettings
     from houyi.port import RiReservation
     from store.repository import AuditResult
-    from workflows.common import HOUYI_READ, HOUYI_STEP, HOUYI_WRITE, STORE, cause_type, run_lanes
+    from workflows.common import (
+        HOUYI_READ,
+        HOUYI_STEP,
+        HOUYI_WRITE,
+        LANES_END_TOGETHER,
+        STORE,
+        cause_type,
+        run_lanes,
+    )
     from workflows.lifecycle import STEP_FAILED_TIMEOUT, OperationWorkflow, OpsState, StepStatus
 
 RequestT = TypeVar("RequestT", bound=OperationRequest)
@@ -96,6 +104,7 @@ class EvacuationWorkflow(OperationWorkflow[RequestT]):
 
     # Cold-migrated VMs: only inside the cluster's maintenance window (deep offline) or at once.
     COLD_IN_WINDOW: ClassVar[bool] = True
+    EARLY_PATCHES = (*OperationWorkflow.EARLY_PATCHES, LANES_END_TOGETHER)
 
     def __init__(self) -> None:
         super().__init__()

@@ -81,6 +81,11 @@ LOCAL_STORE_WRITES = "local-store-writes"
 # A multi-host operation reads its hosts and takes their leases side by side, and has them admitted by one
 # activity (AdmitHosts): it did each host in turn, ~3 workflow tasks per host before the first action.
 BATCHED_HOST_PLANNING = "batched-host-planning"
+# A new operation checks, in its first workflow task, the patches every run of its kind reaches
+# (``EARLY_PATCHES``), and publishes Region/Cluster with its next state: Temporal upserts TemporalChangeVersion
+# in the workflow task where a patch is first checked, and each workflow task with an upsert is a visibility
+# write of its own (of a deep offline's 6, two were such patch checks alone and one Region/Cluster alone).
+PATCH_CHECKS_AT_START = "patch-checks-at-start"
 
 # Reads and leases of a multi-host operation run at most this many at once: Temporal caps the activities
 # a workflow may have pending (2,000 by default), and a cluster sweep may cover more hosts.
@@ -339,6 +344,12 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
 
     OPSCODE: ClassVar[OpsCode]
     INPUT: ClassVar[type[Any]]  # the opscode's RequestT
+    # The patches every run of the kind reaches once it runs a step: checked at start (PATCH_CHECKS_AT_START).
+    EARLY_PATCHES: ClassVar[tuple[str, ...]] = (
+        LOCAL_STORE_WRITES,
+        OPS_STEP_SEARCH_ATTRIBUTE,
+        OPS_STEP_WHERE_IT_STOPS,
+    )
 
     def __init__(self) -> None:
         self.spec: OpsCodeSpec = CATALOG[self.OPSCODE]
@@ -353,6 +364,8 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self._handler_lock = asyncio.Lock()
         self._raw_hosts: list[str] = []
         self._published: dict[str, Any] = {}  # search attribute values last upserted by _publish
+        # Region/Cluster go out with the next _publish (PATCH_CHECKS_AT_START).
+        self._placement_with_state = False
         self._marked_complete: MarkCompleteInput | None = None
         self._audit_seq = 0
 
@@ -380,6 +393,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
 
     async def lifecycle(self, raw_input: Any) -> OperationResult:
         self._note_raw_hosts(raw_input)
+        self._check_patches_at_start()
         self._publish()
         try:
             self._request = parse_input(self.INPUT, raw_input)
@@ -518,10 +532,11 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
                 status_before=nc.biz_status,
             )
         )
-        first = self.status.hosts[0]
-        workflow.upsert_search_attributes(
-            [sa.REGION.value_set(first.region_id), sa.CLUSTER.value_set(first.cluster_id)]
-        )
+        if not self._placement_with_state:
+            first = self.status.hosts[0]
+            workflow.upsert_search_attributes(
+                [sa.REGION.value_set(first.region_id), sa.CLUSTER.value_set(first.cluster_id)]
+            )
         return detail
 
     def outcome(self, nc_ip: str) -> HostOutcome:
@@ -1163,6 +1178,12 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         """Progress the UI shows, without a search-attribute event in the history (frequent updates)."""
         workflow.set_current_details(self.status.markdown())
 
+    def _check_patches_at_start(self) -> None:
+        if workflow.patched(PATCH_CHECKS_AT_START):
+            for patch_id in self.EARLY_PATCHES:
+                workflow.patched(patch_id)  # memoized: later checks of it answer the same, with no marker
+            self._placement_with_state = True
+
     def _publish(self) -> None:
         """Search attributes and the UI's current details follow the state."""
         attributes = [
@@ -1172,6 +1193,10 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         hosts = self._hosts()
         if hosts:
             attributes.append(sa.NC_IP.value_set(hosts[0]))
+        placement = []
+        if self._placement_with_state and self.status.hosts:
+            first = self.status.hosts[0]
+            placement = [sa.REGION.value_set(first.region_id), sa.CLUSTER.value_set(first.cluster_id)]
         current = next(
             (step.name for step in reversed(self.status.steps) if step.status is not StepStatus.PENDING), None
         )
@@ -1184,6 +1209,9 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         if workflow.patched(UPSERT_ONLY_CHANGES):
             # Each upsert is a history event and a visibility write: send only what changed.
             attributes = [a for a in attributes if self._published.get(a.key.name) != a.value]
+            if attributes:
+                # Region/Cluster ride along with an upsert made anyway (the next state at the latest).
+                attributes += [a for a in placement if self._published.get(a.key.name) != a.value]
             for update in attributes:
                 self._published[update.key.name] = update.value
             if attributes:

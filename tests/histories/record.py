@@ -227,6 +227,9 @@ async def _record_evacuations(
 
     for name, vm_count, options, workflow_type, raw, signals, setup in (
         ("nc_deep_offline_succeeded", 6, {"ineligible": 2}, "NcDeepOffline", deep_offline(), [approve], "dirty"),
+        # With patch-checks-at-start: every patch marker in the first workflow task.
+        ("nc_deep_offline_succeeded_patch_checks_at_start", 6, {"ineligible": 2}, "NcDeepOffline", deep_offline(),
+         [approve], "dirty"),
         ("nc_deep_offline_cold_waited_for_window", 3, {}, "NcDeepOfflineCold", deep_offline(), [approve], "window"),
         ("nc_deep_offline_stuck_corrected", 2, {}, "NcDeepOffline", deep_offline(needLimit=0), [approve], "stuck"),
         ("whole_host_migration_relaunched", 4, {"stopped": 1, "ineligible": 1}, "WholeHostMigration",
@@ -343,11 +346,13 @@ async def main_production(only: list[str]) -> None:
                 #   nc_forced_reboot_step_retried_local_store_writes: also with local-store-writes
                 #   nc_forced_reboot_step_retried_ops_step_at_stops: also with ops-step-where-it-stops and
                 #     running-again-after-operator
+                #   nc_forced_reboot_step_retried_patch_checks_at_start: also with patch-checks-at-start
                 for name in (
                     "nc_forced_reboot_step_retried_with_ops_step",
                     "nc_forced_reboot_step_retried_upserts_changed_only",
                     "nc_forced_reboot_step_retried_local_store_writes",
                     "nc_forced_reboot_step_retried_ops_step_at_stops",
+                    "nc_forced_reboot_step_retried_patch_checks_at_start",
                 ):
                     if only and name not in only:
                         continue
