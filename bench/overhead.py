@@ -11,7 +11,7 @@ VMs that all go live to a target host of their cluster. Nothing holds or drops t
 for manual reports of 0x400003 (the policy is set so), flow control for 0x400003 is off, the storm breaker
 and the capacity guard are off for every cluster.
 
-*Bare*: ``N`` concurrent ``BareOverhead`` workflows (defined here) whose only commands are no-op activities,
+*Bare*: ``N`` concurrent ``BareOverhead`` workflows (bench/bare_workflow.py) whose only commands are no-op activities,
 in the shape our runs have: a pilot deep offline per VM count gives, from its history, the activities each
 workflow task scheduled (``ActivityTaskScheduled`` after each ``WorkflowTaskCompleted``) and the local
 activities it ran (``core_local_activity`` markers: store writes are local activities since the
@@ -39,46 +39,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import math
 import os
+import re
 import statistics
+import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from temporalio import activity, workflow
+from temporalio.api.enums.v1 import EventType, TimeoutType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-with workflow.unsafe.imports_passed_through():
-    import json
-    import logging
-    import math
-    import re
-    import subprocess
-    import tempfile
-    from collections.abc import Sequence
-    from dataclasses import asdict, dataclass, field
-    from datetime import UTC, datetime
-    from pathlib import Path
-
-    from temporalio.api.enums.v1 import EventType, TimeoutType
-    from temporalio.client import Client, WorkflowHistory
-    from temporalio.common import RetryPolicy, SearchAttributeKey
-    from temporalio.testing import WorkflowEnvironment
-    from temporalio.worker import Worker
-
-    from bench.harness import CpuMeter, dev_server, fresh_database, server_counters
-    from deploy.processes import free_port, houyi_simulator
-    from domain.operations import OperationResult, OpsState
-    from domain.opscodes import OpsCode
-    from houyi.http_client import HttpHouyiClient
-    from runtime.logging import configure_logging
-    from simulator.fleet import FleetFile
-    from store.lifecycle import CapacityGuard, FlowControlRule, StormBreaker
-    from store.repository import OperationStore
-    from store.seed import seed_dev_approvers
-    from worker import build_worker
+from bench.bare_workflow import BareOverheadWorkflow, bare_call
+from bench.harness import CpuMeter, dev_server, fresh_database, server_counters
+from deploy.processes import free_port, houyi_simulator
+from domain.operations import OperationResult, OpsState
+from domain.opscodes import OpsCode
+from houyi.http_client import HttpHouyiClient
+from runtime.logging import configure_logging
+from simulator.fleet import FleetFile
+from store.lifecycle import CapacityGuard, FlowControlRule, StormBreaker
+from store.repository import OperationStore
+from store.seed import seed_dev_approvers
+from worker import build_worker
 
 HOSTS = int(os.environ.get("BENCH_OVERHEAD_HOSTS", "200"))
 PROFILE_HOSTS = max(1, HOSTS // 2)  # the profile batch (bare + our upserts and payloads): CPU per run counts
@@ -184,67 +178,6 @@ def postgres_pids(postmaster: int | None) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue
     return [postmaster, *children]
-
-
-# ---- the bare workflow --------------------------------------------------------------------------------
-
-
-@activity.defn(name="BareCall")
-async def bare_call(request: dict[str, Any]) -> str:
-    """Does nothing; answers ``reply`` bytes (0 for the plain bare runs)."""
-    return "x" * int(request["reply"])
-
-
-@workflow.defn(name="BareOverhead")
-class BareOverheadWorkflow:
-    """Runs ``tasks``, one workflow task's commands after the other: its local activities one after the
-    other, its search-attribute upserts (none for the plain bare runs), then its activities all at once
-    (``[input bytes, result bytes]`` each, ``[0, 0]`` for the plain bare runs)."""
-
-    @workflow.run
-    async def run(self, tasks: list[dict[str, Any]]) -> int:
-        done = 0
-        for task in tasks:
-            for size_in, size_out in task["local"]:
-                await workflow.execute_local_activity(
-                    bare_call,
-                    {"pad": "x" * size_in, "reply": size_out},
-                    start_to_close_timeout=timedelta(seconds=30),
-                )
-                done += 1
-            for upsert in task["upserts"]:
-                workflow.upsert_search_attributes(
-                    [SearchAttributeKey.for_keyword(name).value_set(value) for name, value in upsert.items()]
-                )
-            calls = task["calls"]
-            await asyncio.gather(
-                *(
-                    workflow.execute_activity(
-                        bare_call, {"pad": "x" * size_in, "reply": size_out}, **activity_options(options)
-                    )
-                    for size_in, size_out, options in calls
-                )
-            )
-            done += len(calls)
-        return done
-
-
-def activity_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``execute_activity`` keywords from the timeouts (seconds) and retry policy ``history_tasks`` read."""
-    keywords: dict[str, Any] = {
-        name: timedelta(seconds=seconds) for name, seconds in options.items() if name.endswith("_timeout")
-    }
-    if "retry" in options:
-        retry = options["retry"]
-        keywords["retry_policy"] = RetryPolicy(
-            initial_interval=timedelta(seconds=retry["initial_interval"]),
-            maximum_interval=timedelta(seconds=retry["maximum_interval"])
-            if retry["maximum_interval"]
-            else None,
-            backoff_coefficient=retry["backoff_coefficient"],
-            maximum_attempts=retry["maximum_attempts"],
-        )
-    return keywords
 
 
 # ---- the fleet ----------------------------------------------------------------------------------------
