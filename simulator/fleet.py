@@ -523,6 +523,9 @@ class Fleet:
             self._residues[residue.nc_id][residue.vm_id] = Residue(residue.state, residue.guest_active)
 
         self._live_migrations: dict[str, LiveMigration] = {}
+        # The ones that may still be running (pruned as they end): every call settles or counts them, and
+        # scanning every migration ever started made each call slower the longer the simulator ran.
+        self._running_live: dict[str, LiveMigration] = {}
         self._latest_migration_by_vm: dict[str, str] = {}
         self._disk_migrations: dict[str, DiskMigration] = {}
         for history in spec.disk_migrations:
@@ -641,11 +644,10 @@ class Fleet:
     def _advance(self) -> None:
         """Settle whatever finished by now: live migrations in the order they end, then disk copies."""
         now = self._now()
-        due = [
-            m
-            for m in self._live_migrations.values()
-            if m.state is MigrationState.RUNNING and m.ends_at is not None and m.ends_at <= now
-        ]
+        running = self._running_live
+        for ended in [key for key, m in running.items() if m.state is not MigrationState.RUNNING]:
+            del running[ended]
+        due = [m for m in running.values() if m.ends_at is not None and m.ends_at <= now]
         for migration in sorted(due, key=lambda m: (m.ends_at or 0.0, m.migration_id)):
             self._finish_live_migration(migration)
         for task in self._disk_migrations.values():
@@ -670,7 +672,7 @@ class Fleet:
         """Capacity held for live migrations still running towards this NC."""
         incoming = [
             m
-            for m in self._live_migrations.values()
+            for m in self._running_live.values()
             if m.target_nc_id == nc_id and m.state is MigrationState.RUNNING
         ]
         return sum(m.vcpu for m in incoming), sum(m.memory_gib for m in incoming)
@@ -1007,6 +1009,7 @@ class Fleet:
             stuck=stuck,
         )
         self._live_migrations[migration.migration_id] = migration
+        self._running_live[migration.migration_id] = migration
         self._latest_migration_by_vm[vm_id] = migration.migration_id
         vm.status = VmStatus.MIGRATING
         return LiveMigrationTask(
