@@ -51,7 +51,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -615,51 +615,58 @@ async def measure(workdir: Path) -> Measured:
             tasks = {p.vms: history_tasks(h) for p, h in zip(pilots, histories, strict=True)}
             for vms, shown in sorted(tasks.items()):
                 print(f"  {vms} VMs: {describe_tasks(shown)}", flush=True)
-            async with batch_server(running) as server:
-                async with bare_worker(server.client, bare_queue):
-                    bare = await run_batch(
-                        server.client,
-                        bare_queue,
-                        BARE,
-                        [("BareOverhead", f"bare-{s.nc_ip}-{run_tag}", plain(tasks[s.vms])) for s in sources],
-                        meter,
-                        server.metrics_port,
-                    )
-                profiles[BARE] = await history_profile(server.client, bare)
-            async with batch_server(running) as server:
-                async with ours_worker(server.client):
-                    ours = await run_batch(
-                        server.client,
-                        ours_queue,
-                        OURS,
-                        [
-                            ("NcDeepOffline", f"0x400003-{s.nc_ip}-{run_tag}", deep_offline_input(s))
-                            for s in sources
-                        ],
-                        meter,
-                        server.metrics_port,
-                    )
-                    # The worker up, nothing to run: what the processes burn per second just polling, to
-                    # tell how much of ours' extra CPU comes only from its batch lasting longer.
-                    meter.start()
-                    began_idle = time.monotonic()
-                    await asyncio.sleep(IDLE_SECONDS)
-                    idle = Batch("idle", time.monotonic() - began_idle, meter.stop(), [])
-                profiles[OURS] = await history_profile(server.client, ours)
-            async with batch_server(running) as server:
-                async with bare_worker(server.client, bare_queue):
-                    shaped = await run_batch(
-                        server.client,
-                        bare_queue,
-                        SHAPED,
-                        [
-                            ("BareOverhead", f"shaped-{s.nc_ip}-{run_tag}", tasks[s.vms])
-                            for s in sources[:PROFILE_HOSTS]
-                        ],
-                        meter,
-                        server.metrics_port,
-                    )
-                profiles[SHAPED] = await history_profile(server.client, shaped)
+
+            async def on_own_server(
+                label: str,
+                worker_for: Callable[[Client], Worker],
+                task_queue: str,
+                jobs: list[tuple[str, str, Any]],
+                *,
+                then_idle: bool = False,
+            ) -> tuple[Batch, Batch | None]:
+                """The batch on a server of its own, its history profile kept; with ``then_idle``, the
+                worker up and nothing to run for ``IDLE_SECONDS`` after it: what the processes burn per
+                second just polling, to tell how much of ours' extra CPU comes only from lasting longer."""
+                idle = None
+                async with batch_server(running) as server:
+                    async with worker_for(server.client):
+                        batch = await run_batch(
+                            server.client, task_queue, label, jobs, meter, server.metrics_port
+                        )
+                        if then_idle:
+                            meter.start()
+                            began_idle = time.monotonic()
+                            await asyncio.sleep(IDLE_SECONDS)
+                            idle = Batch("idle", time.monotonic() - began_idle, meter.stop(), [])
+                    profiles[label] = await history_profile(server.client, batch)
+                return batch, idle
+
+            def bare_for(client: Client) -> Worker:
+                return bare_worker(client, bare_queue)
+
+            bare, _ = await on_own_server(
+                BARE,
+                bare_for,
+                bare_queue,
+                [("BareOverhead", f"bare-{s.nc_ip}-{run_tag}", plain(tasks[s.vms])) for s in sources],
+            )
+            ours, idle = await on_own_server(
+                OURS,
+                ours_worker,
+                ours_queue,
+                [("NcDeepOffline", f"0x400003-{s.nc_ip}-{run_tag}", deep_offline_input(s)) for s in sources],
+                then_idle=True,
+            )
+            shaped, _ = await on_own_server(
+                SHAPED,
+                bare_for,
+                bare_queue,
+                [
+                    ("BareOverhead", f"shaped-{s.nc_ip}-{run_tag}", tasks[s.vms])
+                    for s in sources[:PROFILE_HOSTS]
+                ],
+            )
+            assert idle is not None
         rows = await store.pool.fetch(
             """
             SELECT action, count(*) AS calls, avg(latency_ms) AS latency FROM houyi_calls
