@@ -30,7 +30,8 @@ WORKFLOW_TYPE = "DiskRecycle"
 
 RECYCLE_ONE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=5),
-    # The activity heartbeats every second: a dead worker's task is retried within seconds.
+    # The activity beats every 2 s while it works (2/5 of this timeout): a dead worker's task is retried
+    # within seconds.
     "heartbeat_timeout": timedelta(seconds=5),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60), maximum_attempts=5
