@@ -364,8 +364,6 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self._handler_lock = asyncio.Lock()
         self._raw_hosts: list[str] = []
         self._published: dict[str, Any] = {}  # search attribute values last upserted by _publish
-        # Region/Cluster go out with the next _publish (PATCH_CHECKS_AT_START).
-        self._placement_with_state = False
         self._marked_complete: MarkCompleteInput | None = None
         self._audit_seq = 0
 
@@ -532,7 +530,8 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
                 status_before=nc.biz_status,
             )
         )
-        if not self._placement_with_state:
+        # Since PATCH_CHECKS_AT_START, Region/Cluster go out with the next _publish that upserts.
+        if not workflow.patched(PATCH_CHECKS_AT_START):
             first = self.status.hosts[0]
             workflow.upsert_search_attributes(
                 [sa.REGION.value_set(first.region_id), sa.CLUSTER.value_set(first.cluster_id)]
@@ -1179,10 +1178,10 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         workflow.set_current_details(self.status.markdown())
 
     def _check_patches_at_start(self) -> None:
+        # Every patched() answer is memoized: later checks of these answer the same, with no marker.
         if workflow.patched(PATCH_CHECKS_AT_START):
             for patch_id in self.EARLY_PATCHES:
-                workflow.patched(patch_id)  # memoized: later checks of it answer the same, with no marker
-            self._placement_with_state = True
+                workflow.patched(patch_id)
 
     def _publish(self) -> None:
         """Search attributes and the UI's current details follow the state."""
@@ -1194,7 +1193,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         if hosts:
             attributes.append(sa.NC_IP.value_set(hosts[0]))
         placement = []
-        if self._placement_with_state and self.status.hosts:
+        if self.status.hosts and workflow.patched(PATCH_CHECKS_AT_START):
             first = self.status.hosts[0]
             placement = [sa.REGION.value_set(first.region_id), sa.CLUSTER.value_set(first.cluster_id)]
         current = next(
