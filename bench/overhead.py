@@ -26,7 +26,7 @@ As many as the others (``PROFILE_HOSTS``): at half the concurrency the server st
 activities eagerly, and its CPU per run did not compare.
 
 All run on one worker per kind set up the same way (``build_worker``'s slots: 100 activities, 100 workflow
-tasks, the sandboxed workflow runner), ``STARTERS`` concurrent starts, each batch on a dev server started
+tasks, the sandboxed workflow runner with the workflow's modules passed through), ``STARTERS`` concurrent starts, each batch on a dev server started
 for it alone and shut down after it (``batch_server``): bare, then ours, then bare with upserts and payloads.
 None runs on a server holding another's histories, heap or pending timers (a timer fires even for a task
 long done: on a shared server, the first batch's would fire inside the second). After ours, ``IDLE_SECONDS``
@@ -62,7 +62,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bench.bare_workflow import BareOverheadWorkflow, bare_call
+from bench.bare_workflow import BARE_RUNNER, BareOverheadWorkflow, bare_call
 from bench.harness import CpuMeter, dev_server, fresh_database, server_counters
 from deploy.processes import free_port, houyi_simulator
 from domain.operations import OperationResult, OpsState
@@ -472,12 +472,13 @@ async def run_batch(
 
 
 def bare_worker(client: Client, task_queue: str) -> Worker:
-    """Set up as ``build_worker`` sets up ours (slots, shutdown, heartbeat throttle), with the bare
-    workflow and its no-op activity only."""
+    """Set up as ``build_worker`` sets up ours (slots, workflow module passed through the sandbox, shutdown,
+    heartbeat throttle), with the bare workflow and its no-op activity only."""
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[BareOverheadWorkflow],
+        workflow_runner=BARE_RUNNER,
         activities=[bare_call],
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         max_concurrent_workflow_tasks=MAX_CONCURRENT_WORKFLOW_TASKS,

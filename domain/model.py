@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from enum import StrEnum
@@ -13,6 +14,9 @@ _NC_ID = re.compile(r"^[0-9]+-[0-9]+$")
 _VM_ID = re.compile(r"^i-[0-9a-z]{6,32}$")
 
 
+# Cached: every host record read from Houyi carries its address (a cluster listing, dozens), and ipaddress
+# parses one in microseconds; the fleet's addresses are few and recur.
+@functools.lru_cache(maxsize=65_536)
 def _valid_ipv4(value: str) -> str:
     text = value.strip()
     try:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -189,6 +190,12 @@ def re_online_input(nc_ips: list[str], **settings: Any) -> dict[str, Any]:
 
 async def status_of(handle: WorkflowHandle[Any, Any]) -> OperationStatus:
     return await handle.query("status", result_type=OperationStatus)
+
+
+async def current_details(handle: WorkflowHandle[Any, Any]) -> str:
+    """What the Web UI shows as the workflow's current details (the SDK's built-in metadata query)."""
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return metadata.current_details
 
 
 async def wait_status(

@@ -43,6 +43,7 @@ from tests.lifecycle_helpers import (
     Operations,
     approve,
     command,
+    current_details,
     failure_of,
     lock_input,
     ops_state_attribute,
@@ -136,6 +137,7 @@ async def test_a_manual_reboot_waits_for_approval_showing_its_plan_and_power_cyc
     assert status.approval_reasons == ["manual reports of 0x400012 need approval"]
     assert status.approval_deadline is not None
     assert "Waiting for 1 approval(s) from admin, approver1, approver2" in status.markdown()
+    assert await current_details(handle) == status.markdown()
     assert [(s.status, s.start_count) for s in status.steps] == [(StepStatus.PENDING, 0)] * 4
     assert await admin.touched(nc["nc_ip"]) == {}, "nothing may happen before the approval"
 
@@ -150,6 +152,10 @@ async def test_a_manual_reboot_waits_for_approval_showing_its_plan_and_power_cyc
     after = await admin.nc(nc["nc_ip"])
     assert after["biz_status"] == "nc_down"
     assert after["counters"]["power_cycles"] == 1 and after["counters"]["lock_applied"] == 1
+    # The UI's details, rendered once at the end of each activation, end as the final status.
+    final = await status_of(handle)
+    assert final.state is OpsState.SUCCEEDED and final.steps[-1].status is StepStatus.SUCCEEDED
+    assert await current_details(handle) == final.markdown()
     audit = await audit_of(store, handle.id)
     # The vote's row is written by the signal handler while the steps already run: its place among the
     # step rows is not fixed, only that it comes after the request.

@@ -38,9 +38,10 @@ STARTS_FROM = (NcBizStatus.FREE, NcBizStatus.MLOCK)
 
 
 class DeepOfflineWorkflow(EvacuationWorkflow[NcDeepOfflineInput]):
-    """Each opscode's workflow class is in a module of its own that imports this one passed through: the
-    sandbox re-runs a workflow's module for every new run, and a module holding this chain and both
-    ``workflow.defn`` classes cost each deep offline run both classes' definition."""
+    """Each opscode's workflow class is in a module of its own that imports this one passed through: a
+    sandbox that re-runs a workflow's module for every new run (the SDK's default; the worker passes
+    ``workflows`` through, worker.WORKFLOW_RUNNER) then re-runs only that small module, not this chain and
+    both ``workflow.defn`` classes."""
 
     INPUT = NcDeepOfflineInput
     LIVE: ClassVar[bool]

@@ -18,14 +18,16 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from worker import WORKFLOWS
+from worker import WORKFLOW_RUNNER, WORKFLOWS
 
 HERE = Path(__file__).parent
 
 
 async def main() -> None:
     for path in sorted(HERE.glob("*.json")):
-        replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+        replayer = Replayer(
+            workflows=list(WORKFLOWS), workflow_runner=WORKFLOW_RUNNER, data_converter=pydantic_data_converter
+        )
         history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         failure = None if result.replay_failure is None else str(result.replay_failure)
