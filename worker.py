@@ -68,14 +68,20 @@ WORKFLOWS: Sequence[type] = (
     DiskRecycleWorkflow,
 )
 
+
 # The sandbox re-imports, for every new run, each module of the workflow that is not passed through. The
 # workflow modules import all they run passed through already (workflows/lifecycle.py says why); passing the
 # `workflows` package itself spares each run re-executing its workflow's module and re-applying
 # `workflow.defn` to its class (a scan of every member of the class hierarchy: 2 ms of CPU per run). The
 # sandbox's runtime checks of what workflow code calls stay on, and replay tests guard determinism.
-WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
-)
+def passthrough_runner(*modules: str) -> SandboxedWorkflowRunner:
+    """The sandboxed runner with ``modules`` (and their submodules) passed through."""
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules)
+    )
+
+
+WORKFLOW_RUNNER = passthrough_runner("workflows")
 
 
 def activities_for(

@@ -1,7 +1,7 @@
 """The bare workflow of bench.overhead: no-op activities in the shape of a deep offline, nothing else.
 
-A module of its own, as small as the workflow, passed through the sandbox as ours are (``BARE_RUNNER``,
-worker.WORKFLOW_RUNNER): neither kind re-imports its workflow's module for every new run.
+A module of its own, as small as the workflow, passed through the sandbox as ours are (bench.overhead's
+``BARE_RUNNER``, worker.WORKFLOW_RUNNER): neither kind re-imports its workflow's module for every new run.
 """
 
 from __future__ import annotations
@@ -12,12 +12,6 @@ from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
-
-# As worker.WORKFLOW_RUNNER passes `workflows` through: this module is not re-run for every new run.
-BARE_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules(__name__)
-)
 
 
 @activity.defn(name="BareCall")

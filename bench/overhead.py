@@ -62,7 +62,8 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bench.bare_workflow import BARE_RUNNER, BareOverheadWorkflow, bare_call
+from bench import bare_workflow
+from bench.bare_workflow import BareOverheadWorkflow, bare_call
 from bench.harness import CpuMeter, dev_server, fresh_database, server_counters
 from deploy.processes import free_port, houyi_simulator
 from domain.operations import OperationResult, OpsState
@@ -73,7 +74,7 @@ from simulator.fleet import FleetFile
 from store.lifecycle import CapacityGuard, FlowControlRule, StormBreaker
 from store.repository import OperationStore
 from store.seed import seed_dev_approvers
-from worker import build_worker
+from worker import build_worker, passthrough_runner
 
 HOSTS = int(os.environ.get("BENCH_OVERHEAD_HOSTS", "200"))
 PROFILE_HOSTS = HOSTS  # the profile batch (bare + our upserts and payloads), at the same concurrency
@@ -94,6 +95,7 @@ REGION = "cn-ovh-d01"
 ZONE = "cn-ovh-d01-a"
 CPU_MODEL = "Intel(R) Xeon(R) Platinum 8269CY"
 SOFTWARE = "houyi-3.5.2"
+BARE_RUNNER = passthrough_runner(bare_workflow.__name__)  # as worker.WORKFLOW_RUNNER passes `workflows`
 COMPONENTS = ("this process (worker + client)", "dev server", "PostgreSQL", "simulator")
 
 

@@ -1176,14 +1176,12 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
         self._publish()
 
     def publish_details(self) -> None:
-        """Progress the UI shows, without a search-attribute event in the history (frequent updates)."""
-        self._details_soon()
+        """Progress the UI shows, without a search-attribute event in the history (frequent updates).
 
-    def _details_soon(self) -> None:
-        """Renders the UI's current details once the activation's ready work is done, once however many
-        changes it made: the UI reads them only between activations, and a step's end, the next step's start
-        and a state change often fall in one (38 renders of a deep offline became 30). They add no event:
-        rendering them later changes no command."""
+        Rendered once the activation's ready work is done, once however many changes it made: the UI reads
+        them only between activations, and a step's end, the next step's start and a state change often fall
+        in one (38 renders of a deep offline became 30). They add no event: rendering later changes no
+        command."""
         if not self._details_due:
             self._details_due = True
             asyncio.get_running_loop().call_soon(self._render_details)
@@ -1232,7 +1230,7 @@ class OperationWorkflow(abc.ABC, Generic[RequestT]):
                 workflow.upsert_search_attributes(attributes)
         else:
             workflow.upsert_search_attributes(attributes)
-        self._details_soon()
+        self.publish_details()
 
 
 def _audited_hosts(hosts: list[str]) -> str | None:
