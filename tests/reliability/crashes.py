@@ -21,6 +21,14 @@ its effect done and did not call again.
 The k-th call of an action is held with two faults on the simulator's admin API, no new simulator option:
 a 1 ms latency fault with ``count = k - 1`` takes the calls before it (a latency fault only slows a call),
 then a latency fault with ``count = 1`` holds the k-th; its ``hits`` say when it is in flight.
+
+A boundary kill holds the workflow too, so it cannot run past the boundary (to its end, say) between two
+reads of the store: the Houyi call that followed the boundary in the baseline (read or mutating) is held in
+the simulator, and the store write of the next boundary waits on an advisory lock the suite holds (a trigger
+in the run's own database). The worker is killed as soon as the boundary's row is seen, usually before that
+call has started; the waiting write, if any, then ends with its connection, uncommitted, as it would have
+with the worker, and the lock is let go. After the last boundary nothing can be held: the store is read
+once more when the workflow has ended, and a kill after the end is said so in the summary line.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +98,10 @@ def scenarios() -> dict[str, Scenario]:
 
 @dataclass(frozen=True)
 class KillPoint:
-    """Where to SIGKILL the worker. ``boundary``: once boundary event ``index`` (0-based) is in the store.
-    ``midcall``: while mutating call ``index`` of the baseline (``action``, on ``vm_name`` if the call names
-    a VM, the ``skip + 1``-th such call) is held in the simulator."""
+    """Where to SIGKILL the worker. ``boundary``: once boundary event ``index`` (0-based) is in the store;
+    the call that followed it in the baseline, if any, is held meanwhile. ``midcall``: while mutating call
+    ``index`` of the baseline is held in the simulator. The held call: ``action``, on ``vm_name`` if the
+    call names a VM, the ``skip + 1``-th such call."""
 
     kind: str
     index: int
@@ -127,6 +137,9 @@ class RunRecord:
     tokens: list[str]
     boundaries: list[str]
     calls: list[tuple[str, str | None]]
+    # Per boundary, the first Houyi call (read or mutating) that started after its row, as (action, vm_name,
+    # skip): what a boundary kill holds. None: no call came after it.
+    next_calls: list[tuple[str, str | None, int] | None] = field(default_factory=list)
     kill: KillRecord | None = None
     seconds: float = 0.0
 
@@ -215,7 +228,11 @@ def unrecorded_tokens(baseline: RunRecord, crashed: RunRecord) -> list[str]:
 
 def boundary_points(baseline: RunRecord) -> list[KillPoint]:
     count = len(baseline.boundaries)
-    return [KillPoint(BOUNDARY, i, count, f"after {label!r}") for i, label in enumerate(baseline.boundaries)]
+    points = []
+    for i, (label, held) in enumerate(zip(baseline.boundaries, baseline.next_calls, strict=True)):
+        action, vm_name, skip = held if held is not None else (None, None, 0)
+        points.append(KillPoint(BOUNDARY, i, count, f"after {label!r}", action, vm_name, skip))
+    return points
 
 
 def midcall_points(baseline: RunRecord) -> list[KillPoint]:
@@ -331,8 +348,11 @@ async def _drive(
 ) -> RunRecord:
     admin = SimulatorAdmin(simulator.url)
     hold_fault: int | None = None
-    if kill is not None and kill.kind == MIDCALL:
+    if kill is not None and kill.action is not None:
         hold_fault = await _hold_the_call(admin, kill)
+    write_hold: int | None = None
+    if kill is not None and kill.kind == BOUNDARY and kill.index + 1 < kill.of:
+        write_hold = await _hold_the_next_boundary(conn, workflow_id, kill.index)
     handle = await lab.client.start_workflow(
         scenario.workflow, scenario.input, id=workflow_id, task_queue=env["OPSFLOW_TASK_QUEUE"]
     )
@@ -343,14 +363,21 @@ async def _drive(
     deadline = time.monotonic() + RESULT_SECONDS
     try:
         while True:
+            # Whether it had ended before the store was read: then that read saw every row it wrote.
+            ended = result_task.done()
             events = await _boundaries(conn, workflow_id)
             if kill is not None and record_kill is not None and killed_at is None:
                 seen = _kill_point_reached(kill, events, simulator, hold_fault)
+                if seen is None and write_hold is not None and await _writers_held(conn, write_hold):
+                    # Its row was written in one statement with the next boundary's, which waits.
+                    seen = f"boundary row {kill.index + 1} written with the next one, which is held"
                 if seen is not None:
-                    ended = result_task.done()
+                    after_end = result_task.done()
                     record_kill.worker_exit = workers[-1].kill()
                     killed_at = time.monotonic()
-                    record_kill.seen = seen + (" (the workflow had already ended)" if ended else "")
+                    record_kill.seen = seen + (" (the workflow had already ended)" if after_end else "")
+                    if write_hold is not None:
+                        await _release_the_next_boundary(conn, write_hold, record_kill)
                     if kill.kind == MIDCALL:
                         inflight = simulator.state.current.inflight
                         record_kill.held_in_flight = inflight.get(kill.action or "", 0) >= 1
@@ -363,7 +390,7 @@ async def _drive(
             if not approved and "approval_requested" in events and await _shown_pending(handle):
                 await handle.signal("approve", ApprovalInput(approver=APPROVER, comment="crash suite"))
                 approved = True
-            if result_task.done():
+            if ended:
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(
@@ -401,18 +428,72 @@ async def _hold_the_call(admin: SimulatorAdmin, kill: KillPoint) -> int:
     return hold
 
 
+async def _hold_the_next_boundary(conn: asyncpg.Connection, workflow_id: str, index: int) -> int:
+    """Makes the store write of the boundary after ``index`` (0-based) wait on an advisory lock that ``conn``
+    holds: a trigger on the boundary tables, in this run's own database. Returns the lock's key."""
+    key = uuid.uuid4().int % 2**31  # below 2**31: pg_locks shows it whole in objid
+    literal = workflow_id.replace("'", "''")
+    await conn.execute(
+        f"""
+        CREATE FUNCTION crash_suite_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.workflow_id = '{literal}'
+               AND (SELECT count(*) FROM audit_log WHERE workflow_id = NEW.workflow_id)
+                   + (SELECT count(*) FROM disk_recycles WHERE workflow_id = NEW.workflow_id) = {index + 1}
+            THEN
+                PERFORM pg_advisory_xact_lock_shared({key});
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER crash_suite_hold BEFORE INSERT ON audit_log
+            FOR EACH ROW EXECUTE FUNCTION crash_suite_hold();
+        CREATE TRIGGER crash_suite_hold BEFORE INSERT ON disk_recycles
+            FOR EACH ROW EXECUTE FUNCTION crash_suite_hold();
+        """
+    )
+    await conn.execute("SELECT pg_advisory_lock($1)", key)
+    return key
+
+
+_WAITING_ON = (
+    "FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = 0 AND objid = $1::bigint::oid"
+)
+
+
+async def _writers_held(conn: asyncpg.Connection, key: int) -> bool:
+    return bool(await conn.fetchval(f"SELECT count(*) {_WAITING_ON}", key))
+
+
+async def _release_the_next_boundary(conn: asyncpg.Connection, key: int, record: KillRecord) -> None:
+    """After the kill: the killed worker's write waiting on the hold is ended with its connection (as the
+    worker's death would have ended it, uncommitted), then the hold is let go for the next worker."""
+    ended = await conn.fetchval(
+        f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) {_WAITING_ON}", key
+    )
+    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+    if ended:
+        record.seen += f"; its write of the next boundary, held, ended with its connection ({ended})"
+
+
 def _kill_point_reached(
     kill: KillPoint, events: list[str], simulator: RunningSimulator, hold_fault: int | None
 ) -> str | None:
     if kill.kind == BOUNDARY:
-        if len(events) > kill.index:
-            return f"boundary row {kill.index + 1} {events[kill.index]!r} in the store"
-        return None
-    book: FaultBook = simulator.state.faults
-    for fault in book.all():
-        if fault.fault_id == hold_fault and fault.hits >= 1:
-            return f"{kill.action} held in the simulator (fault {hold_fault} hit)"
+        if len(events) <= kill.index:
+            return None
+        seen = f"boundary row {kill.index + 1} {events[kill.index]!r} in the store"
+        if kill.action is None:
+            return seen + ", no call after it to hold"
+        held = "held in flight" if _held(simulator, hold_fault) else "not started"
+        return seen + f", next call {kill.action} {held}"
+    if _held(simulator, hold_fault):
+        return f"{kill.action} held in the simulator (fault {hold_fault} hit)"
     return None
+
+
+def _held(simulator: RunningSimulator, hold_fault: int | None) -> bool:
+    book: FaultBook = simulator.state.faults
+    return any(fault.fault_id == hold_fault and fault.hits >= 1 for fault in book.all())
 
 
 async def _forget_tokens_once_answered(simulator: RunningSimulator, kill: KillPoint) -> None:
@@ -439,11 +520,37 @@ async def _end_state(result: Any) -> dict[str, Any]:
 
 
 async def _boundaries(conn: asyncpg.Connection, workflow_id: str) -> list[str]:
-    audit = await conn.fetch("SELECT action FROM audit_log WHERE workflow_id = $1 ORDER BY id", workflow_id)
-    recycles = await conn.fetch(
-        "SELECT outcome, task_id FROM disk_recycles WHERE workflow_id = $1 ORDER BY at", workflow_id
+    return [label for label, _ in await _timed_boundaries(conn, workflow_id)]
+
+
+async def _timed_boundaries(conn: asyncpg.Connection, workflow_id: str) -> list[tuple[str, datetime]]:
+    audit = await conn.fetch(
+        "SELECT action, at FROM audit_log WHERE workflow_id = $1 ORDER BY id", workflow_id
     )
-    return [row["action"] for row in audit] + [f"{row['outcome']} {row['task_id']}" for row in recycles]
+    recycles = await conn.fetch(
+        "SELECT outcome, task_id, at FROM disk_recycles WHERE workflow_id = $1 ORDER BY at, task_id",
+        workflow_id,
+    )
+    return [(row["action"], row["at"]) for row in audit] + [
+        (f"{row['outcome']} {row['task_id']}", row["at"]) for row in recycles
+    ]
+
+
+def _next_calls(
+    boundaries: list[tuple[str, datetime]], calls: list[tuple[str, str | None, datetime]]
+) -> list[tuple[str, str | None, int] | None]:
+    """Per boundary, the first call started after its row, with how many calls a fault on it would meet
+    first: those of its action (on its VM, if it names one) started before it."""
+    found: list[tuple[str, str | None, int] | None] = []
+    for _, at in boundaries:
+        following = next((i for i, call in enumerate(calls) if call[2] > at), None)
+        if following is None:
+            found.append(None)
+            continue
+        action, vm_name, _ = calls[following]
+        skip = sum(1 for a, v, _ in calls[:following] if a == action and (vm_name is None or v == vm_name))
+        found.append((action, vm_name, skip))
+    return found
 
 
 async def _quiet(simulator: RunningSimulator) -> None:
@@ -494,15 +601,18 @@ async def _read_back(
     details = {nc["nc_ip"]: fleet.admin_nc_detail(nc["nc_id"]) for nc in summaries}
     ip_of = {nc["nc_id"]: nc["nc_ip"] for nc in summaries}
     counters = simulator.state.counters_json()
-    calls = await conn.fetch("SELECT action, token, params FROM houyi_calls ORDER BY at, id")
+    calls = await conn.fetch("SELECT at, action, token, params FROM houyi_calls ORDER BY at, id")
     first_calls: list[tuple[str, str | None]] = []
+    every_call: list[tuple[str, str | None, datetime]] = []
     tokens: set[str] = set()
     for row in calls:
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
+        every_call.append((row["action"], params.get("vm_name"), row["at"]))
         if not Action(row["action"]).mutating or row["token"] in tokens:
             continue
         tokens.add(row["token"])
-        params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
         first_calls.append((row["action"], params.get("vm_name")))
+    boundaries = await _timed_boundaries(conn, workflow_id)
     return RunRecord(
         workflow_id=workflow_id,
         end_state=_normalised(end_state, workflow_id),
@@ -529,8 +639,9 @@ async def _read_back(
         },
         executed={a: n for a, n in sorted(counters["executed"].items()) if Action(a).mutating},
         tokens=sorted(t.replace(workflow_id, "<workflow>") for t in tokens),
-        boundaries=await _boundaries(conn, workflow_id),
+        boundaries=[label for label, _ in boundaries],
         calls=first_calls,
+        next_calls=_next_calls(boundaries, every_call),
     )
 
 

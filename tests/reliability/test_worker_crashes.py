@@ -1,5 +1,5 @@
 """Worker crash at every step: each opscode workflow, its worker process SIGKILLed (a) at each step boundary
-(right after the step's row appears in the store) and (b) in the middle of each mutating Houyi call (held
+(right after the step's row appears in the store, the workflow held there meanwhile) and (b) in the middle of each mutating Houyi call (held
 in the simulator by a latency fault), then restarted. The operation ends as an uncrashed run of the same
 operation on an identical fresh fleet ends, and no side effect is applied twice: the result, the fleet's end
 state, the simulator's side-effect counters (fleet-wide and per host), how many times each mutating action
