@@ -3,7 +3,7 @@ PostgreSQL stopped for 30 s under running operations and intake traffic.
 
 Temporal server restart: the dev server of the test's own (``temporal server start-dev --db-filename``,
 its state in a SQLite file) runs reboots held mid-call in Houyi, a deep offline mid-migration and reboots
-waiting for approval on a worker process; it is stopped (SIGTERM, and in the full matrix also SIGKILL) and
+waiting for approval on a worker process; it is stopped (SIGKILL, and in the full matrix also SIGTERM) and
 started again on the same file and port.
 
 PostgreSQL outage: a PostgreSQL of the test's own (embedded, its own data directory) serves a worker process
