@@ -771,6 +771,11 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
         "",
         f"**Wall time ours / bare: {m.ratio:.2f}** (target <= {TARGET}: {'met' if met else 'NOT met'}).",
         "",
+        f"Drift check: *{SHAPED}* does bare's work and a little more, so it cannot honestly take less time than "
+        f"bare; it took {m.shaped.seconds / m.bare.seconds:.2f}x bare's, and ours / it is "
+        f"{m.ours.seconds / m.shaped.seconds:.2f}. Below 1.00, the machine ran faster during the later batch "
+        "than during bare's (shared cores drift within a run): read the headline ratio within that spread.",
+        "",
         "A deep offline, by VM count (pilot histories; a batch = the activities one workflow task "
         "scheduled): "
         + "; ".join(f"{v} VMs: {describe_tasks(ts)}" for v, ts in sorted(m.tasks.items()))
@@ -929,6 +934,11 @@ def report(m: Measured) -> tuple[list[str], list[Row]]:
         ),
         row("wall time, ours", round(m.ours.seconds, 2), "s"),
         row("wall time, bare", round(m.bare.seconds, 2), "s"),
+        row(
+            f"drift check: wall time ours / {SHAPED} (the last batch; bare's work and a little more)",
+            round(m.ours.seconds / m.shaped.seconds, 3),
+            "ratio",
+        ),
         row("activities per deep offline (mean)", round(op.activities / op.runs, 1), "activities"),
         row(
             "local activities per deep offline (mean)", round(op.local_activities / op.runs, 1), "activities"
