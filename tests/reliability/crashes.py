@@ -367,10 +367,7 @@ async def _drive(
             ended = result_task.done()
             events = await _boundaries(conn, workflow_id)
             if kill is not None and record_kill is not None and killed_at is None:
-                seen = _kill_point_reached(kill, events, simulator, hold_fault)
-                if seen is None and write_hold is not None and await _writers_held(conn, write_hold):
-                    # Its row was written in one statement with the next boundary's, which waits.
-                    seen = f"boundary row {kill.index + 1} written with the next one, which is held"
+                seen = await _kill_point_reached(kill, events, simulator, hold_fault, conn, write_hold)
                 if seen is not None:
                     after_end = result_task.done()
                     record_kill.worker_exit = workers[-1].kill()
@@ -475,11 +472,20 @@ async def _release_the_next_boundary(conn: asyncpg.Connection, key: int, record:
         record.seen += f"; its write of the next boundary, held, ended with its connection ({ended})"
 
 
-def _kill_point_reached(
-    kill: KillPoint, events: list[str], simulator: RunningSimulator, hold_fault: int | None
+async def _kill_point_reached(
+    kill: KillPoint,
+    events: list[str],
+    simulator: RunningSimulator,
+    hold_fault: int | None,
+    conn: asyncpg.Connection,
+    write_hold: int | None,
 ) -> str | None:
+    """What shows the kill point is reached (None: not yet)."""
     if kill.kind == BOUNDARY:
         if len(events) <= kill.index:
+            if write_hold is not None and await _writers_held(conn, write_hold):
+                # Its row went into one statement with the next boundary's, which waits on the hold.
+                return f"boundary row {kill.index + 1} written with the next one, which is held"
             return None
         seen = f"boundary row {kill.index + 1} {events[kill.index]!r} in the store"
         if kill.action is None:
